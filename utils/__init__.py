@@ -1,0 +1,1 @@
+"""Utilities shared by every script: losses, training engine, evaluation, checkpoints, logging."""

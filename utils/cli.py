@@ -1,0 +1,75 @@
+"""The edge between the shell and the code: argument parsing and one-line errors with exit status 2."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from utils.errors import UserError
+
+EXIT_USAGE = 2
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An `argparse.ArgumentParser` whose errors are a single line on stderr and exit status 2."""
+
+    def error(self, message: str) -> None:  # noqa: D401 - argparse API
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def parse_pair(text: str, flag: str = "size") -> tuple[int, int]:
+    """Parse 'W,H' into two positive integers; raise `argparse.ArgumentTypeError` naming `flag` otherwise."""
+    parts = text.split(",")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 2 or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"{flag} expects two positive integers 'W,H' (e.g. 1024,512), got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def size_arg(text: str) -> tuple[int, int]:
+    """argparse `type=` for a 'W,H' size."""
+    return parse_pair(text, "size")
+
+
+def positive_int(text: str) -> int:
+    """argparse `type=` for an integer > 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse `type=` for an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
+    """Run a script's `main(argv)`; a `UserError` becomes one line on stderr and exit status 2.
+
+    With `--debug` in argv (or DAKD_DEBUG=1) the traceback is shown instead.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("DAKD_DEBUG") == "1"
+    try:
+        main(args)
+    except UserError as err:
+        if debug:
+            raise
+        prog = os.path.basename(sys.argv[0]) or "dakd"
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
