@@ -1,0 +1,87 @@
+"""Segmentation scores from one confusion matrix kept on the device (mIoU, pixel and class accuracy)."""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def scores_from_confusion(matrix: torch.Tensor) -> dict:
+    """Scores of a (C, C) confusion matrix whose rows are ground truth and columns predictions.
+
+    Returns `mIoU`, `pixel_acc`, `mean_acc` (floats, NaN when nothing was counted), `iou` and `acc`
+    (float64 CPU tensors of length C) and `num_pixels`. A class that is neither in the ground truth
+    nor predicted has IoU NaN and does not count in mIoU; a class predicted but absent from the
+    ground truth has IoU 0 and counts. Class accuracy is NaN (not counted) for classes absent from
+    the ground truth.
+    """
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"confusion matrix must be square (C, C), got shape {tuple(matrix.shape)}")
+    mat = matrix.detach().to("cpu", torch.float64)
+    tp = mat.diagonal()
+    gt = mat.sum(dim=1)
+    predicted = mat.sum(dim=0)
+    union = gt + predicted - tp
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
+    iou = torch.where(union > 0, tp / union.clamp(min=1), nan)
+    acc = torch.where(gt > 0, tp / gt.clamp(min=1), nan)
+    total = mat.sum()
+    return {
+        "mIoU": float(iou.nanmean()),
+        "pixel_acc": float(tp.sum() / total) if total > 0 else float("nan"),
+        "mean_acc": float(acc.nanmean()),
+        "iou": iou,
+        "acc": acc,
+        "num_pixels": int(total),
+    }
+
+
+class ConfusionMatrix:
+    """A (C, C) int64 confusion matrix (rows = ground truth, columns = prediction) on `device`.
+
+    `update` ignores pixels whose target is 255 or any value outside [0, C).
+    """
+
+    def __init__(self, num_classes: int = 19, device: torch.device | str = "cpu") -> None:
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.device = torch.device(device)
+        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=self.device)
+
+    @classmethod
+    def from_matrix(cls, matrix: torch.Tensor) -> ConfusionMatrix:
+        """A confusion matrix holding a copy of the given (C, C) counts."""
+        cm = cls(matrix.shape[0], matrix.device)
+        cm.matrix.copy_(matrix.to(torch.int64))
+        return cm
+
+    def reset(self) -> None:
+        """Forget every counted pixel."""
+        self.matrix.zero_()
+
+    @torch.no_grad()
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Count the pixels of `pred` (class ids) against `target` (class ids, 255 = ignore); same shape."""
+        if pred.shape != target.shape:
+            raise ValueError(f"prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
+        c = self.num_classes
+        pred = pred.reshape(-1).to(self.device, torch.int64)
+        target = target.reshape(-1).to(self.device, torch.int64)
+        # One mask covers the ignore label and any stray id, so bincount never sees an out-of-range index.
+        keep = (target >= 0) & (target < c) & (pred >= 0) & (pred < c)
+        flat = target[keep] * c + pred[keep]
+        self.matrix += torch.bincount(flat, minlength=c * c).reshape(c, c)
+
+    def all_reduce(self) -> None:
+        """Sum the counts of every process when torch.distributed is initialised (a no-op otherwise)."""
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(self.matrix, op=dist.ReduceOp.SUM)
+
+    def compute(self) -> dict:
+        """Scores of the counts so far (see `scores_from_confusion`)."""
+        return scores_from_confusion(self.matrix)
+
+    def __repr__(self) -> str:
+        scores = self.compute()
+        return (f"ConfusionMatrix(num_classes={self.num_classes}, mIoU={scores['mIoU']:.4f}, "
+                f"pixel_acc={scores['pixel_acc']:.4f}, pixels={scores['num_pixels']})")
