@@ -1,0 +1,87 @@
+"""Crash-safe checkpoint files: atomic writes, the last K snapshots, and the resumable training state."""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+
+from utils.errors import CheckpointError
+
+TRAIN_FORMAT = "dakd-train"
+_STEP_FILE = re.compile(r"^step_(\d+)\.pth$")
+
+
+def atomic_save(obj: object, path: str | os.PathLike) -> Path:
+    """Write `obj` with `torch.save` to a temporary file beside `path`, fsync it, then rename it over `path`.
+
+    A crash at any moment leaves either the old file or the new one, never a partial file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_training_state(state: dict, folder: str | os.PathLike, step: int, keep_last: int = 1) -> Path:
+    """Write `folder/last.pth` atomically; with keep_last > 1 also keep `step_N.pth` for the last K saves."""
+    folder = Path(folder)
+    last = folder / "last.pth"
+    if keep_last <= 1:
+        return atomic_save(state, last)
+    snapshot = atomic_save(state, folder / f"step_{step:07d}.pth")
+    # last.pth becomes a second name of the snapshot: an atomic rename of a fresh hard link.
+    link = folder / f".last.pth.{os.getpid()}.link"
+    if link.exists():
+        link.unlink()
+    try:
+        os.link(snapshot, link)
+        os.replace(link, last)
+    except OSError:  # file systems without hard links
+        atomic_save(state, last)
+    snapshots = sorted(p for p in folder.iterdir() if _STEP_FILE.match(p.name))
+    for old in snapshots[:-keep_last]:
+        old.unlink()
+    return last
+
+
+def load_training_state(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Read a `last.pth` written by `save_training_state` (weights_only); raise `CheckpointError` otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"--resume {path}: no such file (expected a last.pth written by a training run)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated, corrupt, or a pickle that is not plain weights
+        raise CheckpointError(f"--resume {path}: cannot read this checkpoint ({type(err).__name__}); "
+                              "it may be truncated or not a training checkpoint") from err
+    if not isinstance(state, dict) or state.get("format") != TRAIN_FORMAT:
+        raise CheckpointError(f"--resume {path}: not a training checkpoint (expected a last.pth with "
+                              f"format '{TRAIN_FORMAT}'); use --restore-from to start from weights only")
+    return state

@@ -1,0 +1,268 @@
+"""The one training configuration: script constants -> argparse -> `TrainConfig` -> engine."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Optional
+
+from utils.cli import ArgumentParser, non_negative_int, positive_int, size_arg
+
+PARADIGMS = ("source", "target", "both", "sequential")
+SOURCES = ("gta5", "bdd")
+TARGETS = ("cityscapes", "bdd")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (adaptation, or distillation when `teacher` is set)."""
+
+    # networks
+    arch: str = "drn_d_22"
+    aux_layer: Optional[int] = None
+    num_classes: int = 19
+    pretrained: str = "imagenet"
+    restore_from: Optional[str] = None
+    # data
+    source: str = "gta5"
+    target: str = "cityscapes"
+    data_dir: str = "data/gta5"
+    data_list: Optional[str] = None
+    data_dir_target: str = "data/cityscapes"
+    data_list_target: Optional[str] = None
+    source_split: str = "train"
+    target_split: str = "train"
+    val_split: str = "val"
+    input_size: tuple[int, int] = (1024, 512)
+    input_size_target: tuple[int, int] = (1280, 720)
+    random_mirror: bool = False
+    random_scale: bool = False
+    batch_size: int = 3
+    iter_size: int = 1
+    num_workers: int = 4
+    # optimisation
+    num_steps: int = 250_000
+    num_steps_stop: int = 200_000
+    learning_rate: float = 2.5e-4
+    learning_rate_d: float = 1e-4
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    power: float = 0.9
+    # adaptation
+    lambda_seg: float = 0.1
+    lambda_adv_target1: float = 0.0002
+    lambda_adv_target2: float = 0.001
+    gan: str = "Vanilla"
+    # distillation
+    teacher: Optional[str] = None
+    paradigm: str = "sequential"
+    num_steps_target: int = 0
+    lambda_kl: float = 0.1
+    lambda_mse: float = 0.01
+    lambda_targetce: float = 1.0
+    target_distill: float = 1.0
+    kd_temperature: float = 1.0
+    pseudo_threshold: float = 0.0
+    # run
+    random_seed: int = 1234
+    deterministic: bool = False
+    device: str = "auto"
+    amp: str = "off"
+    channels_last: bool = False
+    sync_bn: bool = False
+    snapshot_dir: Optional[str] = None
+    run_suffix: str = ""
+    save_pred_every: int = 2000
+    keep_last: int = 1
+    resume: Optional[str] = None
+    log_every: int = 10
+    eval_every: int = 0
+    eval_limit: Optional[int] = None
+    keep_best: bool = False
+    skip_nonfinite: int = 0
+    allow_pickle: bool = False
+    progress: bool = True
+    debug: bool = False
+    script: str = ""
+
+    @property
+    def adapt(self) -> bool:
+        """True when the adversarial (output-space adaptation) terms are on."""
+        return self.lambda_adv_target1 > 0 or self.lambda_adv_target2 > 0
+
+    @property
+    def distill(self) -> bool:
+        """True for a distillation run (a teacher is given)."""
+        return self.teacher is not None
+
+    def to_dict(self) -> dict:
+        """Plain, JSON-friendly dict of the configuration."""
+        data = dataclasses.asdict(self)
+        for key in ("input_size", "input_size_target"):
+            data[key] = list(data[key])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> TrainConfig:
+        """Inverse of `to_dict`; unknown keys are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        for key in ("input_size", "input_size_target"):
+            if key in kwargs:
+                kwargs[key] = tuple(kwargs[key])
+        return cls(**kwargs)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+# Flags keep the old code's names; the attribute names of TrainConfig follow them.
+_RENAMED = {"learning_rate_d": "--learning-rate-D"}
+
+
+def build_parser(defaults: TrainConfig, *, prog: str, description: str, distill: bool) -> ArgumentParser:
+    """The command line of a training script, with defaults taken from the script's constants."""
+    d = defaults
+    p = ArgumentParser(prog=prog, description=description,
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+    def add(name: str, **kw) -> None:
+        p.add_argument(_RENAMED.get(name, _flag(name)), dest=name, default=getattr(d, name), **kw)
+
+    g = p.add_argument_group("network")
+    g.add_argument("--arch", dest="arch", default=d.arch, help="backbone (e.g. drn_d_22, drn_d_38)")
+    g.add_argument("--aux-layer", dest="aux_layer", type=int, default=d.aux_layer,
+                   help="DRN level of the auxiliary head (default: 6 for drn_d_22, 7 for drn_d_38)")
+    g.add_argument("--num-classes", dest="num_classes", type=positive_int, default=d.num_classes)
+    g.add_argument("--pretrained", dest="pretrained", default=d.pretrained,
+                   help="backbone init: 'imagenet' (published DRN weights), a path or URL, or 'none'")
+    g.add_argument("--restore-from", dest="restore_from", default=d.restore_from,
+                   help="initialise the whole net from this checkpoint (our, old-code or ImageNet form)")
+    g = p.add_argument_group("data")
+    g.add_argument("--source", choices=SOURCES, default=d.source)
+    g.add_argument("--target", choices=TARGETS, default=d.target)
+    g.add_argument("--data-dir", dest="data_dir", default=d.data_dir, help="source dataset root")
+    g.add_argument("--data-list", dest="data_list", default=d.data_list,
+                   help="source list file (default: scan the root)")
+    g.add_argument("--data-dir-target", dest="data_dir_target", default=d.data_dir_target)
+    g.add_argument("--data-list-target", dest="data_list_target", default=d.data_list_target)
+    g.add_argument("--source-split", dest="source_split", default=d.source_split)
+    g.add_argument("--target-split", dest="target_split", default=d.target_split)
+    g.add_argument("--val-split", dest="val_split", default=d.val_split)
+    g.add_argument("--input-size", dest="input_size", type=size_arg, default=d.input_size,
+                   help="source images resized to W,H")
+    g.add_argument("--input-size-target", dest="input_size_target", type=size_arg,
+                   default=d.input_size_target, help="target images resized to W,H")
+    g.add_argument("--random-mirror", dest="random_mirror", action=argparse.BooleanOptionalAction,
+                   default=d.random_mirror)
+    g.add_argument("--random-scale", dest="random_scale", action=argparse.BooleanOptionalAction,
+                   default=d.random_scale)
+    g.add_argument("--batch-size", dest="batch_size", type=positive_int, default=d.batch_size)
+    g.add_argument("--iter-size", dest="iter_size", type=positive_int, default=d.iter_size,
+                   help="accumulate gradients over this many batches per step")
+    g.add_argument("--num-workers", dest="num_workers", type=non_negative_int, default=d.num_workers)
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--num-steps", dest="num_steps", type=positive_int, default=d.num_steps,
+                   help="length of the poly learning-rate schedule")
+    g.add_argument("--num-steps-stop", dest="num_steps_stop", type=positive_int, default=d.num_steps_stop,
+                   help="stop after this many steps")
+    g.add_argument("--learning-rate", dest="learning_rate", type=float, default=d.learning_rate)
+    g.add_argument("--learning-rate-D", dest="learning_rate_d", type=float, default=d.learning_rate_d)
+    g.add_argument("--momentum", type=float, default=d.momentum)
+    g.add_argument("--weight-decay", dest="weight_decay", type=float, default=d.weight_decay)
+    g.add_argument("--power", type=float, default=d.power, help="poly learning-rate exponent")
+    g = p.add_argument_group("adaptation")
+    g.add_argument("--lambda-seg", dest="lambda_seg", type=float, default=d.lambda_seg,
+                   help="weight of the auxiliary head's terms")
+    g.add_argument("--lambda-adv-target1", dest="lambda_adv_target1", type=float,
+                   default=d.lambda_adv_target1, help="adversarial weight, aux level (0 with 0 below: source only)")
+    g.add_argument("--lambda-adv-target2", dest="lambda_adv_target2", type=float,
+                   default=d.lambda_adv_target2, help="adversarial weight, main level")
+    g.add_argument("--gan", choices=("Vanilla", "LS"), default=d.gan)
+    if distill:
+        g = p.add_argument_group("distillation")
+        g.add_argument("--teacher", default=d.teacher, help="the teacher's final.pth (required)")
+        g.add_argument("--paradigm", choices=PARADIGMS, default=d.paradigm,
+                       help="distil on source (a), target (b), both (c), or (c) then (b) (d)")
+        g.add_argument("--num-steps-target", dest="num_steps_target", type=non_negative_int,
+                       default=d.num_steps_target, help="length of the target-only phase of 'sequential'")
+        g.add_argument("--lambda-kl", dest="lambda_kl", type=float, default=d.lambda_kl)
+        g.add_argument("--lambda-mse", dest="lambda_mse", type=float, default=d.lambda_mse)
+        g.add_argument("--lambda-targetce", dest="lambda_targetce", type=float, default=d.lambda_targetce,
+                       help="weight of the pseudo-teacher-label cross entropy")
+        g.add_argument("--target-distill", dest="target_distill", type=float, default=d.target_distill,
+                       help="weight of the distillation terms on target images (lambda_target)")
+        g.add_argument("--kd-temperature", dest="kd_temperature", type=float, default=d.kd_temperature)
+        g.add_argument("--pseudo-threshold", dest="pseudo_threshold", type=float, default=d.pseudo_threshold,
+                       help="ignore pixels whose teacher confidence is below this (0: off)")
+    g = p.add_argument_group("run")
+    g.add_argument("--random-seed", dest="random_seed", type=int, default=d.random_seed)
+    g.add_argument("--deterministic", action="store_true", default=d.deterministic)
+    g.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu, cuda, cuda:N")
+    g.add_argument("--amp", choices=("off", "bf16", "fp16"), default=d.amp)
+    g.add_argument("--channels-last", dest="channels_last", action="store_true", default=d.channels_last)
+    g.add_argument("--sync-bn", dest="sync_bn", action="store_true", default=d.sync_bn)
+    g.add_argument("--snapshot-dir", dest="snapshot_dir", default=d.snapshot_dir,
+                   help="run folder (default: snapshots/<run name from the key settings>)")
+    g.add_argument("--run-suffix", dest="run_suffix", default=d.run_suffix)
+    g.add_argument("--save-pred-every", dest="save_pred_every", type=positive_int, default=d.save_pred_every,
+                   help="write last.pth every N steps")
+    g.add_argument("--keep-last", dest="keep_last", type=positive_int, default=d.keep_last,
+                   help="also keep the last K step_N.pth snapshots")
+    g.add_argument("--resume", default=d.resume, help="continue from a last.pth")
+    g.add_argument("--log-every", dest="log_every", type=positive_int, default=d.log_every)
+    g.add_argument("--eval-every", dest="eval_every", type=non_negative_int, default=d.eval_every,
+                   help="score on the target's val split every N steps (0: never)")
+    g.add_argument("--eval-limit", dest="eval_limit", type=positive_int, default=d.eval_limit)
+    g.add_argument("--keep-best", dest="keep_best", action="store_true", default=d.keep_best,
+                   help="also keep best.pth by val mIoU (selection on the test set: see README)")
+    g.add_argument("--skip-nonfinite", dest="skip_nonfinite", type=non_negative_int, default=d.skip_nonfinite,
+                   help="tolerate this many steps with a NaN/Inf loss before stopping")
+    g.add_argument("--allow-pickle", dest="allow_pickle", action="store_true", default=d.allow_pickle,
+                   help="UNSAFE: accept whole pickled models (runs code from the file)")
+    g.add_argument("--no-progress", dest="progress", action="store_false", default=d.progress)
+    g.add_argument("--debug", action="store_true", default=d.debug, help="show tracebacks")
+    return p
+
+
+def parse_config(defaults: TrainConfig, argv: Sequence[str] | None, *, prog: str, description: str,
+                 distill: bool) -> TrainConfig:
+    """Parse argv over the script's defaults and return the resolved `TrainConfig`."""
+    parser = build_parser(defaults, prog=prog, description=description, distill=distill)
+    args = parser.parse_args(argv)
+    cfg = dataclasses.replace(defaults, **vars(args))
+    cfg.script = prog
+    if cfg.pretrained in ("none", "None", ""):
+        cfg.pretrained = "none"
+    _check(cfg, parser, distill)
+    return cfg
+
+
+def _check(cfg: TrainConfig, parser: ArgumentParser, distill: bool) -> None:
+    if cfg.num_steps_stop > cfg.num_steps:
+        cfg.num_steps_stop = cfg.num_steps
+    if distill and not cfg.teacher:
+        parser.error("--teacher is required: the path of the teacher's final.pth")
+    if not 0.0 <= cfg.pseudo_threshold < 1.0:
+        parser.error(f"--pseudo-threshold expects a value in [0, 1), got {cfg.pseudo_threshold}")
+    if cfg.kd_temperature <= 0:
+        parser.error(f"--kd-temperature expects a positive value, got {cfg.kd_temperature}")
+    for name in ("learning_rate", "learning_rate_d"):
+        if getattr(cfg, name) <= 0:
+            parser.error(f"{_RENAMED.get(name, _flag(name))} expects a positive value, got {getattr(cfg, name)}")
+    if cfg.paradigm == "sequential" and cfg.distill and cfg.num_steps_target <= 0:
+        parser.error("--paradigm sequential needs --num-steps-target > 0")
+
+
+def run_name(cfg: TrainConfig) -> str:
+    """A run folder name from the key settings, e.g. gta5_to_cityscapes_drn_d_22_dakd_sequential."""
+    if cfg.distill:
+        kind = f"dakd_{cfg.paradigm}"
+    elif cfg.adapt:
+        kind = "multilevel_adapt"
+    else:
+        kind = "source_only"
+    name = f"{cfg.source}_to_{cfg.target}_{cfg.arch}_{kind}"
+    return f"{name}_{cfg.run_suffix}" if cfg.run_suffix else name

@@ -1,0 +1,97 @@
+"""Run logging: one JSON line per logged step, TensorBoard when installed, and the run's own description."""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def git_revision() -> str:
+    """The repository's commit (with '-dirty' when it has local changes), or 'unknown'."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{rev}-dirty" if dirty else rev
+
+
+def environment() -> dict:
+    """Versions and hardware a result depends on."""
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "platform": platform.platform(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+class RunLogger:
+    """Appends every logged step to `log.jsonl` (and TensorBoard if available); silent on non-main ranks."""
+
+    def __init__(self, folder: str | Path, enabled: bool = True, tensorboard: bool = True):
+        self.folder = Path(folder)
+        self.enabled = enabled
+        self._writer = None
+        self._file = None
+        if not enabled:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.folder / "log.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional
+                SummaryWriter = None
+            if SummaryWriter is not None:
+                self._writer = SummaryWriter(log_dir=str(self.folder / "tb"))
+
+    def write_run_info(self, config: dict, extra: dict | None = None) -> None:
+        """Save the resolved configuration, git revision and environment beside the checkpoints."""
+        if not self.enabled:
+            return
+        info = {"config": config, "git": git_revision(), "environment": environment(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv, **(extra or {})}
+        (self.folder / "config.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+
+    def log(self, step: int, values: dict[str, float], phase: str | None = None) -> None:
+        """Record named scalars for a step."""
+        if not self.enabled:
+            return
+        record = {"step": step, "time": round(time.time(), 3)}
+        if phase:
+            record["phase"] = phase
+        record.update({k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in values.items()})
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._writer is not None:
+            for key, value in values.items():
+                self._writer.add_scalar(key, float(value), step)
+
+    def close(self) -> None:
+        """Flush and close the files."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def read_log(path: str | Path) -> list[dict]:
+    """The records of a `log.jsonl`, in order."""
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
