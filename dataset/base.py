@@ -1,0 +1,146 @@
+"""A list-based segmentation dataset over one of the layouts (GTA5, Cityscapes, BDD100K)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from dataset.decode import read_image, read_label
+from dataset.layouts import Layout
+from dataset.transforms import EvalTransform
+from utils.errors import DatasetError
+
+_SHOW_MISSING = 3  # how many missing paths an error message lists
+
+
+def read_list(list_path: str | Path) -> list[str]:
+    """Non-empty, non-comment lines of a list file (first whitespace-separated field of each)."""
+    path = Path(list_path)
+    if not path.is_file():
+        raise DatasetError(f"list file {path} does not exist")
+    lines = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    return [line for line in lines if not line.startswith("#")]
+
+
+def resolve_entries(layout: Layout, root: Path, split: str, entries: list[str]) -> list[str]:
+    """Root-relative image paths of list entries.
+
+    An entry is a path relative to the root (what `make_lists` writes) or, as in the old code's
+    lists, relative to the split's image folder (`frankfurt/frankfurt_..._leftImg8bit.png`).
+    """
+    split_dir = layout.split_dir(split)
+    resolved = []
+    for entry in entries:
+        entry = entry.replace("\\", "/").lstrip("/")
+        if entry.split("/")[0] == split_dir.split("/")[0] or (root / entry).is_file():
+            resolved.append(entry)
+        else:
+            resolved.append(f"{split_dir}/{entry}")
+    return resolved
+
+
+def _missing_error(kind: str, layout: Layout, root: Path, missing: list[str], total: int) -> DatasetError:
+    shown = ", ".join(missing[:_SHOW_MISSING]) + (", ..." if len(missing) > _SHOW_MISSING else "")
+    return DatasetError(f"{len(missing)} of {total} listed {layout.name} {kind} missing under {root} "
+                        f"(expected {layout.description}); first: {shown}")
+
+
+class SegmentationDataset(Dataset):
+    """Images (and optionally train-id labels) of one split of a layout, listed or scanned.
+
+    Items are dicts {"image": float32 (3,H,W), "label": int64 (H,W) (when labels=True),
+    "name": root-relative image path}. With `max_iters` the list is repeated ceil(max_iters / n)
+    times, so that one pass covers at least `max_iters` items (the old code's iteration sampling).
+    """
+
+    def __init__(self, layout: Layout, root: str | Path, split: str, transform: EvalTransform, *,
+                 list_path: str | Path | None = None, labels: bool = True,
+                 max_iters: int | None = None) -> None:
+        self.layout = layout
+        self.root = Path(root)
+        self.split = split
+        self.transform = transform
+        self.labels = labels
+        self._rng: torch.Generator | None = None
+        self._rng_seed: int | None = None
+        self.files = self._find_files(list_path)
+        self._check_exist()
+        self.num_unique = len(self.files)
+        if max_iters is not None:
+            if max_iters <= 0:
+                raise DatasetError(f"max_iters must be positive, got {max_iters}")
+            self.files = self.files * math.ceil(max_iters / len(self.files))
+
+    def _find_files(self, list_path: str | Path | None) -> list[str]:
+        layout, root = self.layout, self.root
+        if not root.is_dir():
+            raise DatasetError(f"{layout.name} dataset root {root} does not exist "
+                               f"(expected {layout.description})")
+        if list_path is not None:
+            files = resolve_entries(layout, root, self.split, read_list(list_path))
+            if not files:
+                raise DatasetError(f"list file {list_path} is empty (expected one image path per line)")
+            return files
+        folder = root / layout.split_dir(self.split)
+        if not folder.is_dir():
+            raise DatasetError(f"{layout.name} split folder {folder} does not exist "
+                               f"(expected {layout.description})")
+        files = layout.scan(root, self.split)
+        if not files:
+            raise DatasetError(f"no {layout.name} images found in {folder} (expected {layout.description})")
+        return files
+
+    def _check_exist(self) -> None:
+        root, layout = self.root, self.layout
+        missing = [f for f in self.files if not (root / f).is_file()]
+        if missing:
+            raise _missing_error("images are", layout, root, missing, len(self.files))
+        if self.labels:
+            label_paths = [layout.label_rel(f) for f in self.files]
+            missing = [p for p in label_paths if not (root / p).is_file()]
+            if missing:
+                raise _missing_error("labels are", layout, root, missing, len(self.files))
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def image_path(self, index: int) -> Path:
+        """Absolute path of item `index`'s image."""
+        return (self.root / self.files[index]).absolute()
+
+    def label_path(self, index: int) -> Path:
+        """Absolute path of item `index`'s label file."""
+        return (self.root / self.layout.label_rel(self.files[index])).absolute()
+
+    def _generator(self) -> torch.Generator:
+        # torch.initial_seed() is the global seed in the main process and base_seed + worker_id in a
+        # DataLoader worker, so every process draws its own reproducible augmentation stream.
+        seed = torch.initial_seed()
+        if self._rng is None or self._rng_seed != seed:
+            self._rng = torch.Generator().manual_seed(seed)
+            self._rng_seed = seed
+        return self._rng
+
+    def load_raw(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """uint8 image (3,H,W) and uint8 train-id label (H,W) (None if labels=False) as on disk."""
+        image_path = self.image_path(index)
+        image = read_image(image_path)
+        if not self.labels:
+            return image, None
+        label_path = self.label_path(index)
+        raw = read_label(label_path)
+        if tuple(raw.shape) != tuple(image.shape[-2:]):
+            raise DatasetError(f"image {image_path} is {image.shape[-1]}x{image.shape[-2]} but its label "
+                               f"{label_path} is {raw.shape[-1]}x{raw.shape[-2]} (W x H)")
+        lut = torch.from_numpy(self.layout.lut)
+        return image, lut[raw.long()]  # one vectorised lookup: PNG value -> train id
+
+    def __getitem__(self, index: int) -> dict:
+        image, label = self.load_raw(index)
+        image, label = self.transform(image, label, generator=self._generator())
+        item = {"image": image, "name": self.files[index]}
+        if label is not None:
+            item["label"] = label
+        return item
