@@ -58,18 +58,20 @@ def non_negative_int(text: str) -> int:
 
 
 def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
-    """Run a script's `main(argv)`; a `UserError` becomes one line on stderr and exit status 2.
+    """Run a script's `main(argv)` and return its exit status (an int it returns, else 0).
+
+    A `UserError` becomes one line on stderr and exit status 2.
 
     With `--debug` in argv (or DAKD_DEBUG=1) the traceback is shown instead.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("DAKD_DEBUG") == "1"
     try:
-        main(args)
+        status = main(args)
     except UserError as err:
         if debug:
             raise
         prog = os.path.basename(sys.argv[0]) or "dakd"
         print(f"{prog}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    return 0
+    return status if isinstance(status, int) else 0

@@ -36,6 +36,7 @@ class TrainConfig:
     val_split: str = "val"
     input_size: tuple[int, int] = (1024, 512)
     input_size_target: tuple[int, int] = (1280, 720)
+    eval_size: tuple[int, int] = (1024, 512)
     random_mirror: bool = False
     random_scale: bool = False
     batch_size: int = 3
@@ -99,7 +100,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         """Plain, JSON-friendly dict of the configuration."""
         data = dataclasses.asdict(self)
-        for key in ("input_size", "input_size_target"):
+        for key in ("input_size", "input_size_target", "eval_size"):
             data[key] = list(data[key])
         return data
 
@@ -108,10 +109,34 @@ class TrainConfig:
         """Inverse of `to_dict`; unknown keys are ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
-        for key in ("input_size", "input_size_target"):
+        for key in ("input_size", "input_size_target", "eval_size"):
             if key in kwargs:
                 kwargs[key] = tuple(kwargs[key])
         return cls(**kwargs)
+
+
+# The UPPER-CASE constants a training script may define, and the TrainConfig field each one sets.
+SCRIPT_CONSTANTS = {
+    "ARCH": "arch", "AUX_LAYER": "aux_layer", "NUM_CLASSES": "num_classes", "PRETRAINED": "pretrained",
+    "RESTORE_FROM": "restore_from", "SOURCE": "source", "TARGET": "target", "DATA_DIRECTORY": "data_dir",
+    "DATA_LIST_PATH": "data_list", "DATA_DIRECTORY_TARGET": "data_dir_target",
+    "DATA_LIST_PATH_TARGET": "data_list_target", "INPUT_SIZE": "input_size",
+    "INPUT_SIZE_TARGET": "input_size_target", "EVAL_SIZE": "eval_size", "BATCH_SIZE": "batch_size",
+    "ITER_SIZE": "iter_size", "NUM_WORKERS": "num_workers", "NUM_STEPS": "num_steps",
+    "NUM_STEPS_STOP": "num_steps_stop", "LEARNING_RATE": "learning_rate", "LEARNING_RATE_D": "learning_rate_d",
+    "MOMENTUM": "momentum", "WEIGHT_DECAY": "weight_decay", "POWER": "power", "LAMBDA_SEG": "lambda_seg",
+    "LAMBDA_ADV_TARGET1": "lambda_adv_target1", "LAMBDA_ADV_TARGET2": "lambda_adv_target2", "GAN": "gan",
+    "TEACHER": "teacher", "PARADIGM": "paradigm", "NUM_STEPS_TARGET": "num_steps_target",
+    "LAMBDA_KL": "lambda_kl", "LAMBDA_MSE": "lambda_mse", "LAMBDA_TARGETCE": "lambda_targetce",
+    "TARGET_DISTILL": "target_distill", "KD_TEMPERATURE": "kd_temperature",
+    "PSEUDO_THRESHOLD": "pseudo_threshold", "RANDOM_SEED": "random_seed", "SAVE_PRED_EVERY": "save_pred_every",
+    "SNAPSHOT_DIR": "snapshot_dir",
+}
+
+
+def config_from_constants(constants: Mapping[str, object]) -> TrainConfig:
+    """A `TrainConfig` whose fields come from a script's UPPER-CASE constants (pass the script's `globals()`)."""
+    return TrainConfig(**{field: constants[name] for name, field in SCRIPT_CONSTANTS.items() if name in constants})
 
 
 def _flag(name: str) -> str:
@@ -155,6 +180,8 @@ def build_parser(defaults: TrainConfig, *, prog: str, description: str, distill:
                    help="source images resized to W,H")
     g.add_argument("--input-size-target", dest="input_size_target", type=size_arg,
                    default=d.input_size_target, help="target images resized to W,H")
+    g.add_argument("--eval-size", dest="eval_size", type=size_arg, default=d.eval_size,
+                   help="validation images resized to W,H (labels scored at full size)")
     g.add_argument("--random-mirror", dest="random_mirror", action=argparse.BooleanOptionalAction,
                    default=d.random_mirror)
     g.add_argument("--random-scale", dest="random_scale", action=argparse.BooleanOptionalAction,

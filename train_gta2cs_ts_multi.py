@@ -1,0 +1,57 @@
+"""DAKD: distil a frozen DRN-D-38 teacher into a DRN-D-22 student while adapting GTA5 (or BDD) -> Cityscapes.
+
+Paradigms (paper): 'source' (a) distils on source images, 'target' (b) on target images, 'both' (c),
+'sequential' (d) runs (c) for NUM_STEPS, then (b) for NUM_STEPS_TARGET from (c)'s student.
+Edit the constants below or override them with flags (`--help` lists them all).
+"""
+import sys
+
+from utils.cli import run_cli
+from utils.config import config_from_constants, parse_config
+from utils.engine import run_training
+
+ARCH = "drn_d_22"                  # the student
+AUX_LAYER = 6
+TEACHER = None                     # the teacher's final.pth (train_gta2cs_multi_drnd38.py writes it)
+PARADIGM = "sequential"
+SOURCE, TARGET = "gta5", "cityscapes"
+DATA_DIRECTORY = "data/gta5"
+DATA_LIST_PATH = None              # None: scan DATA_DIRECTORY
+DATA_DIRECTORY_TARGET = "data/cityscapes"
+DATA_LIST_PATH_TARGET = None
+INPUT_SIZE = (1024, 512)           # (w, h) of source images
+INPUT_SIZE_TARGET = (1280, 720)
+BATCH_SIZE = 2
+ITER_SIZE = 1
+NUM_WORKERS = 4
+NUM_STEPS = 50_000
+NUM_STEPS_STOP = 50_000
+NUM_STEPS_TARGET = 50_000          # length of the target-only phase of 'sequential'
+LEARNING_RATE = 2.5e-4
+LEARNING_RATE_D = 1e-4
+LAMBDA_SEG = 0.1
+LAMBDA_ADV_TARGET1 = 0.0002
+LAMBDA_ADV_TARGET2 = 0.001
+GAN = "Vanilla"
+LAMBDA_KL = 0.1
+LAMBDA_MSE = 0.01
+LAMBDA_TARGETCE = 1.0              # cross entropy against the teacher's arg-max (pseudo-teacher labels)
+TARGET_DISTILL = 1.0               # weight of the distillation terms on target images
+KD_TEMPERATURE = 1.0
+PSEUDO_THRESHOLD = 0.0             # 0: every pixel gets a pseudo label
+PRETRAINED = "imagenet"            # student init when no --restore-from is given
+RANDOM_SEED = 1234
+SAVE_PRED_EVERY = 2000
+SNAPSHOT_DIR = None                # None: snapshots/<run name from the key settings>
+
+DEFAULTS = config_from_constants(globals())
+
+
+def main(argv=None) -> int:
+    """Parse flags over the constants above and distil."""
+    cfg = parse_config(DEFAULTS, argv, prog="train_gta2cs_ts_multi.py", description=__doc__, distill=True)
+    return run_training(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,390 @@
+"""The training loop shared by the three training scripts: data streams, phases, checkpoints, logs, validation."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from dataset import build_dataset
+from dataset.sampling import StreamSampler, seed_worker
+from model import Discriminator, build_from_checkpoint, build_seg_model, load_weights, save_final
+from utils.checkpoint import TRAIN_FORMAT, load_training_state, save_training_state
+from utils.config import TrainConfig, run_name
+from utils.errors import CheckpointError, ConfigError, UserError
+from utils.logger import RunLogger
+from utils.runtime import (
+    DistInfo,
+    barrier,
+    init_distributed,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    shutdown_distributed,
+)
+from utils.steps import LossWeights, TrainStep, first_nonfinite, freeze_teacher, poly_lr, set_lr, unwrap
+
+
+class NonFiniteLossError(UserError):
+    """A loss became NaN or Inf more often than `--skip-nonfinite` allows."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived; the loop saved `last.pth` and stops with `exit_code`."""
+
+    def __init__(self, signum: int, path: Path):
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(f"stopped by signal {signum}; state saved to {path}")
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of training with one set of loss terms and its own poly schedule."""
+
+    name: str
+    num_steps: int
+    num_steps_stop: int
+    distill_source: bool = False
+    distill_target: bool = False
+
+
+def plan_phases(cfg: TrainConfig) -> list[Phase]:
+    """The phases of a run: one for adaptation, one or two (sequential) for distillation."""
+    if not cfg.distill:
+        return [Phase("adapt", cfg.num_steps, cfg.num_steps_stop)]
+    both = Phase("both", cfg.num_steps, cfg.num_steps_stop, True, True)
+    if cfg.paradigm == "source":
+        return [dataclasses.replace(both, name="source", distill_target=False)]
+    if cfg.paradigm == "target":
+        return [dataclasses.replace(both, name="target", distill_source=False)]
+    if cfg.paradigm == "both":
+        return [both]
+    return [both, Phase("target", cfg.num_steps_target, cfg.num_steps_target, False, True)]
+
+
+def loss_weights(cfg: TrainConfig, phase: Phase) -> LossWeights:
+    """The objective of `phase` under `cfg`."""
+    return LossWeights(
+        lambda_seg=cfg.lambda_seg, lambda_adv=(cfg.lambda_adv_target1, cfg.lambda_adv_target2), gan=cfg.gan,
+        distill_source=phase.distill_source, distill_target=phase.distill_target, lambda_kl=cfg.lambda_kl,
+        lambda_mse=cfg.lambda_mse, lambda_pseudo=cfg.lambda_targetce, lambda_target=cfg.target_distill,
+        temperature=cfg.kd_temperature, pseudo_threshold=cfg.pseudo_threshold)
+
+
+# --- data -----------------------------------------------------------------------------------------------
+def _stream(dataset, cfg: TrainConfig, info: DistInfo, start: int, seed: int) -> Iterator[dict]:
+    sampler = StreamSampler(len(dataset), seed, start=start, rank=info.rank, world_size=info.world_size)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                        drop_last=True, pin_memory=torch.cuda.is_available(), worker_init_fn=seed_worker,
+                        generator=torch.Generator().manual_seed(seed + start),
+                        persistent_workers=cfg.num_workers > 0)
+    return iter(loader)
+
+
+def build_streams(cfg: TrainConfig, info: DistInfo, samples_drawn: int, need_target: bool):
+    """Endless source (and target) batch iterators that continue after `samples_drawn` samples per rank."""
+    source = build_dataset(cfg.source, cfg.data_dir, cfg.source_split, list_path=cfg.data_list,
+                           size=cfg.input_size, labels=True, random_mirror=cfg.random_mirror,
+                           random_scale=cfg.random_scale)
+    if len(source) < cfg.batch_size * info.world_size:
+        raise ConfigError(f"--batch-size {cfg.batch_size}: the source list has only {len(source)} images")
+    src = _stream(source, cfg, info, samples_drawn, cfg.random_seed)
+    if not need_target:
+        return src, None
+    target = build_dataset(cfg.target, cfg.data_dir_target, cfg.target_split, list_path=cfg.data_list_target,
+                           size=cfg.input_size_target, labels=False, random_mirror=cfg.random_mirror,
+                           random_scale=cfg.random_scale)
+    if len(target) < cfg.batch_size * info.world_size:
+        raise ConfigError(f"--batch-size {cfg.batch_size}: the target list has only {len(target)} images")
+    return src, _stream(target, cfg, info, samples_drawn, cfg.random_seed + 1)
+
+
+# --- models ---------------------------------------------------------------------------------------------
+def build_models(cfg: TrainConfig, device: torch.device):
+    """The segmentation net (initialised per --pretrained / --restore-from), D1, D2 and the teacher."""
+    pretrained = None if cfg.pretrained == "none" or cfg.restore_from or cfg.resume else cfg.pretrained
+    net = build_seg_model(cfg.arch, num_classes=cfg.num_classes, aux_layer=cfg.aux_layer, pretrained=pretrained)
+    if cfg.restore_from and not cfg.resume:
+        load_weights(net, cfg.restore_from, allow_pickle=cfg.allow_pickle)
+    discs = (Discriminator(cfg.num_classes), Discriminator(cfg.num_classes))
+    teacher = None
+    if cfg.distill:
+        teacher = build_from_checkpoint(cfg.teacher, allow_pickle=cfg.allow_pickle)
+        if teacher.num_classes != cfg.num_classes:
+            raise CheckpointError(f"--teacher {cfg.teacher}: the teacher predicts {teacher.num_classes} classes, "
+                                  f"the student {cfg.num_classes}")
+        freeze_teacher(teacher.to(device))
+    net, discs = net.to(device), tuple(d.to(device) for d in discs)
+    if cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        if teacher is not None:
+            teacher = teacher.to(memory_format=torch.channels_last)
+    return net, discs, teacher
+
+
+def make_optimizers(cfg: TrainConfig, net: nn.Module, discs):
+    """SGD for the net, Adam for each discriminator (SPEC section 4)."""
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.learning_rate, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+    d_opts = tuple(torch.optim.Adam(d.parameters(), lr=cfg.learning_rate_d, betas=(0.9, 0.99)) for d in discs)
+    return opt, d_opts
+
+
+def _wrap_ddp(cfg: TrainConfig, info: DistInfo, device: torch.device, net: nn.Module, discs):
+    if not info.enabled:
+        return net, discs
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    if cfg.sync_bn:
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    ids = [device.index] if device.type == "cuda" else None
+    net = DDP(net, device_ids=ids)
+    discs = tuple(DDP(d, device_ids=ids) for d in discs)
+    return net, discs
+
+
+# --- checkpoints ----------------------------------------------------------------------------------------
+def training_state(cfg: TrainConfig, net, discs, step_fn: TrainStep, phase_index: int, step: int,
+                   global_step: int, skipped: int) -> dict:
+    """Everything needed to continue this run exactly where it is."""
+    core = unwrap(net)
+    return {
+        "format": TRAIN_FORMAT, "arch": core.arch, "aux_layer": core.aux_layer, "num_classes": core.num_classes,
+        "net": core.state_dict(), "d1": unwrap(discs[0]).state_dict(), "d2": unwrap(discs[1]).state_dict(),
+        "optimizer": step_fn.optimizer.state_dict(), "optimizer_d1": step_fn.d_optimizers[0].state_dict(),
+        "optimizer_d2": step_fn.d_optimizers[1].state_dict(), "scaler": step_fn.scaler.state_dict(),
+        "phase": phase_index, "step": step, "global_step": global_step, "nonfinite_skipped": skipped,
+        "rng": rng_state(), "config": cfg.to_dict(),
+    }
+
+
+def _check_resume(cfg: TrainConfig, state: dict) -> None:
+    for key in ("arch", "num_classes"):
+        if state.get(key) != getattr(cfg, key) and key in state:
+            raise CheckpointError(f"--resume {cfg.resume}: it was trained with {key}={state[key]!r}, "
+                                  f"this run asks for {getattr(cfg, key)!r}")
+    saved = state.get("config", {})
+    if saved.get("teacher") and saved.get("paradigm") != cfg.paradigm and cfg.distill:
+        raise CheckpointError(f"--resume {cfg.resume}: it ran --paradigm {saved.get('paradigm')}, "
+                              f"this run asks for {cfg.paradigm}")
+
+
+# --- the loop -------------------------------------------------------------------------------------------
+class _Signals:
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each step."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: no handlers
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run the training described by `cfg`; return the run folder holding last.pth and final.pth."""
+    info, device = init_distributed(cfg.device)
+    try:
+        return _train(cfg, info, device)
+    finally:
+        shutdown_distributed(info)
+
+
+def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> Path:
+    folder = Path(cfg.snapshot_dir or Path("snapshots") / run_name(cfg))
+    if info.is_main:
+        _check_writable(folder)
+    seed_everything(cfg.random_seed, cfg.deterministic)
+    state = load_training_state(cfg.resume) if cfg.resume else None
+    if state is not None:
+        _check_resume(cfg, state)
+    net, discs, teacher = build_models(cfg, device)
+    phases = plan_phases(cfg)
+    phase_index, step, global_step, skipped = 0, 0, 0, 0
+    if state is not None:
+        unwrap(net).load_state_dict(state["net"])
+        discs[0].load_state_dict(state["d1"])
+        discs[1].load_state_dict(state["d2"])
+        phase_index, step, global_step = state["phase"], state["step"], state["global_step"]
+        skipped = state.get("nonfinite_skipped", 0)
+    net, discs = _wrap_ddp(cfg, info, device, net, discs)
+    logger = RunLogger(folder, enabled=info.is_main)
+    logger.write_run_info(cfg.to_dict(), {"run_name": folder.name, "world_size": info.world_size,
+                                          "device": str(device), "phases": [p.name for p in phases]})
+    validator = _Validator(cfg, device, logger, folder, info) if cfg.eval_every else None
+    try:
+        with _Signals() as signals:
+            while phase_index < len(phases):
+                phase = phases[phase_index]
+                step_fn = _make_step(cfg, phase, net, discs, teacher, device)
+                if state is not None:  # restore optimizers and RNG once, for the phase we resume in
+                    _restore_optimizers(step_fn, state)
+                    set_rng_state(state["rng"])
+                    state = None
+                global_step, skipped = _run_phase(cfg, info, phase, phase_index, step, global_step, skipped,
+                                                  net, discs, step_fn, logger, folder, validator, signals)
+                if len(phases) > 1 and info.is_main:
+                    save_final(folder / f"{phase.name}_phase_final.pth", unwrap(net))
+                phase_index, step = phase_index + 1, 0
+        if info.is_main:
+            save_final(folder / "final.pth", unwrap(net))
+        barrier(info)
+    finally:
+        logger.close()
+    return folder
+
+
+def _make_step(cfg, phase, net, discs, teacher, device) -> TrainStep:
+    opt, d_opts = make_optimizers(cfg, net, discs)
+    return TrainStep(net, discs, opt, d_opts, loss_weights(cfg, phase), device, amp=cfg.amp, teacher=teacher,
+                     channels_last=cfg.channels_last)
+
+
+def _restore_optimizers(step_fn: TrainStep, state: dict) -> None:
+    step_fn.optimizer.load_state_dict(state["optimizer"])
+    step_fn.d_optimizers[0].load_state_dict(state["optimizer_d1"])
+    step_fn.d_optimizers[1].load_state_dict(state["optimizer_d2"])
+    if "scaler" in state and state["scaler"]:
+        step_fn.scaler.load_state_dict(state["scaler"])
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write_test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"--snapshot-dir {folder}: cannot write there ({err.strerror})") from err
+
+
+def _run_phase(cfg, info, phase, phase_index, step, global_step, skipped, net, discs, step_fn, logger, folder,
+               validator, signals):
+    weights = step_fn.w
+    per_step = cfg.batch_size * cfg.iter_size
+    src, tgt = build_streams(cfg, info, global_step * per_step, weights.adapt or weights.distill_target)
+    net.train()
+    for d in discs:
+        d.train()
+    bar = _progress(cfg, info, phase, step)
+    last_saved = step
+    try:
+        while step < phase.num_steps_stop:
+            lr = poly_lr(cfg.learning_rate, step, phase.num_steps, cfg.power)
+            lr_d = poly_lr(cfg.learning_rate_d, step, phase.num_steps, cfg.power)
+            set_lr(step_fn.optimizer, lr)
+            for opt in step_fn.d_optimizers:
+                set_lr(opt, lr_d)
+            sources = [next(src) for _ in range(cfg.iter_size)]
+            targets = [next(tgt) for _ in range(cfg.iter_size)] if tgt is not None else []
+            losses = step_fn(sources, targets)
+            bad = first_nonfinite(losses)
+            if bad is not None:
+                step_fn.discard()
+                skipped += 1
+                if skipped > cfg.skip_nonfinite:
+                    raise NonFiniteLossError(
+                        f"loss term '{bad}' is {float(losses[bad])} at step {step + 1} of phase '{phase.name}'; "
+                        f"stopped (last good checkpoint kept in {folder}); --skip-nonfinite N tolerates N bad steps")
+            else:
+                step_fn.apply()
+            step += 1
+            global_step += 1
+            if bar is not None:
+                bar.update(1)
+            if step % cfg.log_every == 0 or step == phase.num_steps_stop:
+                values = {k: float(v) for k, v in losses.items()}
+                values.update(lr=lr, lr_D=lr_d)
+                logger.log(global_step, values, phase=phase.name)
+                if bar is not None:
+                    bar.set_postfix({k: f"{values[k]:.3g}" for k in ("total", "seg_main", "lr") if k in values})
+            if step % cfg.save_pred_every == 0 and step != last_saved:
+                _save(cfg, info, net, discs, step_fn, phase_index, step, global_step, skipped, folder)
+                last_saved = step
+            if validator is not None and (step % cfg.eval_every == 0 or step == phase.num_steps_stop):
+                validator(net, global_step)
+                net.train()
+            if signals.received is not None:
+                path = _save(cfg, info, net, discs, step_fn, phase_index, step, global_step, skipped, folder)
+                raise Interrupted(signals.received, path)
+        if step != last_saved:
+            _save(cfg, info, net, discs, step_fn, phase_index, step, global_step, skipped, folder)
+    finally:
+        if bar is not None:
+            bar.close()
+    return global_step, skipped
+
+
+def _save(cfg, info, net, discs, step_fn, phase_index, step, global_step, skipped, folder) -> Path:
+    path = folder / "last.pth"
+    if info.is_main:
+        state = training_state(cfg, net, discs, step_fn, phase_index, step, global_step, skipped)
+        path = save_training_state(state, folder, global_step, cfg.keep_last)
+    barrier(info)
+    return path
+
+
+def _progress(cfg: TrainConfig, info: DistInfo, phase: Phase, step: int):
+    if not (cfg.progress and info.is_main):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=phase.num_steps_stop, initial=step, desc=f"{cfg.arch} {phase.name}", dynamic_ncols=True,
+                mininterval=1.0)
+
+
+class _Validator:
+    """Scores the net on the target's val split during training (rank 0), logs val/mIoU, keeps best.pth."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, logger: RunLogger, folder: Path, info: DistInfo):
+        self.cfg, self.device, self.logger, self.folder, self.info = cfg, device, logger, folder, info
+        self.best = -math.inf
+        self._loader = None
+
+    def __call__(self, net: nn.Module, global_step: int) -> None:
+        if self.info.is_main:
+            from utils.evaluate import evaluate
+
+            if self._loader is None:
+                dataset = build_dataset(self.cfg.target, self.cfg.data_dir_target, self.cfg.val_split, labels=True,
+                                        size=self.cfg.eval_size, label_size="full")
+                self._loader = DataLoader(dataset, batch_size=1, num_workers=min(2, self.cfg.num_workers))
+            start = time.time()
+            result = evaluate(unwrap(net), self._loader, self.device, limit=self.cfg.eval_limit, amp=self.cfg.amp,
+                              progress=False)
+            self.logger.log(global_step, {"val/mIoU": result["mIoU"], "val/pixel_acc": result["pixel_acc"],
+                                          "val/seconds": time.time() - start})
+            if self.cfg.keep_best and result["mIoU"] > self.best:
+                self.best = result["mIoU"]
+                save_final(self.folder / "best.pth", unwrap(net))
+        barrier(self.info)
+
+
+def run_training(cfg: TrainConfig) -> int:
+    """Train, print where the results are, and return the exit status (128 + signal when interrupted)."""
+    try:
+        folder = train(cfg)
+    except Interrupted as stop:
+        print(f"{cfg.script}: {stop}; continue with --resume {stop.args[0].split(' to ')[-1]}")
+        return stop.exit_code
+    print(f"{cfg.script}: done; weights in {folder / 'final.pth'}, resumable state in {folder / 'last.pth'}")
+    return 0
