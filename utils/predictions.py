@@ -1,0 +1,194 @@
+"""Writing predictions to disk: official Cityscapes result PNGs, BDD train-id PNGs, colour maps, overlays.
+
+Layout of a prediction folder DIR (what `eval_cs.py --save-pred DIR` writes):
+
+- `DIR/labelIds/CITY/CITY_SEQ_FRAME_leftImg8bit.png` (Cityscapes): Cityscapes *label ids*, at the
+  label's full size, named so that the official evaluator (which matches `CITY_SEQ_FRAME*.png`
+  anywhere below `CITYSCAPES_RESULTS`) finds exactly one file per ground truth: point it at
+  `DIR/labelIds`, not at DIR, because the colour maps and overlays share the name prefix.
+- `DIR/trainIds/NAME_train_id.png` (BDD100K): train ids, 255 = ignore, as the BDD labels.
+- `DIR/color/<stem>.png`: the prediction in the Cityscapes palette (Cityscapes: `CITY/CITY_SEQ_FRAME_leftImg8bit`,
+  BDD: `NAME`, other inputs: the relative path without extension).
+- `DIR/overlay/<stem>.png`: the colour map blended over the input image.
+- `DIR/manifest.json`: one entry per image (name, image and label files, the files written).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dataset.labels import TRAIN_ID_TO_LABEL_ID, colorize
+from utils.errors import DatasetError
+
+# CITY_SEQ_FRAME_...: the official scripts split the file name on "_", so a city holds no "_".
+_CITYSCAPES_NAME = re.compile(r"^([^_/]+)_(\d+)_(\d+)(?:_|$)")
+
+RESULT_DIRS = {"cityscapes": "labelIds", "bdd": "trainIds"}
+
+
+def _as_array(train_ids: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(H, W) train ids as a NumPy integer array."""
+    if isinstance(train_ids, torch.Tensor):
+        train_ids = train_ids.detach().to("cpu").numpy()
+    arr = np.asarray(train_ids)
+    if arr.ndim != 2:
+        raise ValueError(f"expected an (H, W) map of train ids, got shape {arr.shape}")
+    return arr
+
+
+def safe_stem(name: str) -> PurePosixPath:
+    """The relative path of `name` without its extension; rejects absolute paths and '..' parts."""
+    path = PurePosixPath(name.replace(os.sep, "/"))
+    if path.is_absolute() or ".." in path.parts or not path.name:
+        raise DatasetError(f"cannot use {name!r} as a relative output name")
+    return path.with_suffix("")
+
+
+def cityscapes_result_name(name: str) -> str:
+    """Relative path of the official result PNG for a Cityscapes image or label `name`.
+
+    `val/frankfurt/frankfurt_000000_000294_leftImg8bit.png` -> `frankfurt/frankfurt_000000_000294_leftImg8bit.png`.
+    """
+    base = PurePosixPath(name.replace(os.sep, "/")).name
+    match = _CITYSCAPES_NAME.match(base)
+    if not match:
+        raise DatasetError(f"{name!r} is not a Cityscapes file name (expected CITY_SEQ_FRAME_leftImg8bit.png)")
+    city, seq, frame = match.groups()
+    return f"{city}/{city}_{seq}_{frame}_leftImg8bit.png"
+
+
+def bdd_result_name(name: str) -> str:
+    """Relative path of the train-id PNG for a BDD100K image `name` (`NAME.jpg` -> `NAME_train_id.png`)."""
+    return f"{safe_stem(name).name}_train_id.png"
+
+
+def result_name(name: str, dataset: str) -> str:
+    """Relative path, below `DIR/RESULT_DIRS[dataset]`, of the result PNG for image `name`."""
+    if dataset == "cityscapes":
+        return cityscapes_result_name(name)
+    if dataset == "bdd":
+        return bdd_result_name(name)
+    raise ValueError(f"no result format for dataset {dataset!r} (expected one of {sorted(RESULT_DIRS)})")
+
+
+def to_label_ids(train_ids: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Train ids (0..18, others ignored) -> Cityscapes label ids as uint8 (ignore -> 0 'unlabeled')."""
+    arr = _as_array(train_ids).astype(np.int64)
+    arr = np.where((arr >= 0) & (arr < 256), arr, 255)
+    return TRAIN_ID_TO_LABEL_ID[arr]
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def save_label_ids(train_ids: torch.Tensor | np.ndarray, path: str | Path) -> None:
+    """Write an 8-bit PNG of Cityscapes label ids (the official result format)."""
+    _save_png(to_label_ids(train_ids), Path(path))
+
+
+def save_train_ids(train_ids: torch.Tensor | np.ndarray, path: str | Path) -> None:
+    """Write an 8-bit PNG of train ids (values outside 0..255 become 255)."""
+    arr = _as_array(train_ids).astype(np.int64)
+    _save_png(np.where((arr >= 0) & (arr < 256), arr, 255).astype(np.uint8), Path(path))
+
+
+def overlay(image: np.ndarray, train_ids: torch.Tensor | np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend the colourised prediction over an HxWx3 uint8 image (resized to the prediction if needed)."""
+    color = colorize(_as_array(train_ids))
+    img = np.asarray(image)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 image, got shape {img.shape}")
+    if img.shape[:2] != color.shape[:2]:
+        h, w = color.shape[:2]
+        img = np.asarray(Image.fromarray(img.astype(np.uint8)).resize((w, h), Image.BILINEAR))
+    blended = (1.0 - alpha) * img.astype(np.float32) + alpha * color.astype(np.float32)
+    return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+
+
+def save_color(train_ids: torch.Tensor | np.ndarray, path: str | Path) -> None:
+    """Write the prediction in the Cityscapes palette (ignored pixels black)."""
+    _save_png(colorize(_as_array(train_ids)), Path(path))
+
+
+def save_overlay(image: np.ndarray, train_ids: torch.Tensor | np.ndarray, path: str | Path,
+                 alpha: float = 0.5) -> None:
+    """Write the colourised prediction blended over `image`."""
+    _save_png(overlay(image, train_ids, alpha), Path(path))
+
+
+class PredictionWriter:
+    """Writes every prediction of a run into one folder (layout in the module docstring)."""
+
+    def __init__(self, out_dir: str | Path, dataset: str | None = "cityscapes", *, alpha: float = 0.5,
+                 color: bool = True, overlays: bool = True) -> None:
+        if dataset is not None and dataset not in RESULT_DIRS:
+            raise ValueError(f"no result format for dataset {dataset!r} (expected one of {sorted(RESULT_DIRS)})")
+        self.out_dir = Path(out_dir)
+        self.dataset = dataset
+        self.alpha = alpha
+        self.color = color
+        self.overlays = overlays
+        self.entries: list[dict] = []
+
+    @property
+    def result_dir(self) -> Path | None:
+        """The folder holding the result PNGs (`CITYSCAPES_RESULTS` for the official evaluator)."""
+        return None if self.dataset is None else self.out_dir / RESULT_DIRS[self.dataset]
+
+    def display_stem(self, name: str) -> str:
+        """Relative path (no extension) of the colour map and overlay of image `name`."""
+        if self.dataset == "cityscapes":
+            return cityscapes_result_name(name)[: -len(".png")]
+        if self.dataset == "bdd":
+            return safe_stem(name).name
+        return str(safe_stem(name))
+
+    def write(self, name: str, train_ids: torch.Tensor | np.ndarray, image: np.ndarray | None = None,
+              **extra: str) -> dict:
+        """Write the files for image `name` (result PNG, colour, overlay when `image` is given); returns their paths."""
+        ids = _as_array(train_ids)
+        stem = self.display_stem(name)
+        entry: dict = {"name": name, **extra}
+        if self.dataset is not None:
+            path = self.result_dir / result_name(name, self.dataset)
+            if self.dataset == "cityscapes":
+                save_label_ids(ids, path)
+            else:
+                save_train_ids(ids, path)
+            entry["result"] = str(path)
+        if self.color:
+            path = self.out_dir / "color" / f"{stem}.png"
+            save_color(ids, path)
+            entry["color"] = str(path)
+        if self.overlays and image is not None:
+            path = self.out_dir / "overlay" / f"{stem}.png"
+            save_overlay(image, ids, path, self.alpha)
+            entry["overlay"] = str(path)
+        self.entries.append(entry)
+        return entry
+
+    def write_manifest(self) -> Path:
+        """Write `DIR/manifest.json` listing every written prediction; returns its path."""
+        path = self.out_dir / "manifest.json"
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        payload = {"dataset": self.dataset, "result_dir": str(self.result_dir) if self.result_dir else None,
+                   "items": self.entries}
+        write_text_atomic(path, json.dumps(payload, indent=2))
+        return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename, so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
