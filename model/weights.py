@@ -1,0 +1,263 @@
+"""Reading, checking and writing network weights: the one place that calls ``torch.load``.
+
+Accepted forms (files or URLs; a ``module.`` prefix from DataParallel/DDP is stripped):
+- our final file ``{"format": "dakd-final", "arch", "aux_layer", "num_classes", "state_dict"}``;
+- our training checkpoint ``{"format": "dakd-train", "arch", "aux_layer", "num_classes", "net", ...}``;
+- a raw SegNet state dict (``base.*``, ``seg1.*``, ``seg2.*``);
+- the old code's state dict (the same plus the unused ``up1.weight``/``up2.weight``, ignored);
+- a DRN ImageNet checkpoint (``layer0.*`` ... ``fc.*``), loaded into the backbone, ``fc.*`` ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+import urllib.error
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from http.client import HTTPException
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from torch import Tensor, nn
+
+from model.seg_net import SegNet
+from utils.errors import CheckpointError
+
+FINAL_FORMAT = "dakd-final"
+TRAIN_FORMAT = "dakd-train"
+_NET_META = ("arch", "aux_layer", "num_classes")
+# Keys some checkpoints carry that no net of ours uses: the old code's transposed-conv upsamplers
+# and the ImageNet classifier of the backbone.
+_UNUSED_KEY = re.compile(r"^(up\d*\.|(base\.)?fc\.)")
+_SHOW = 5  # offending keys listed in an error message
+
+
+@dataclass
+class LoadReport:
+    """What ``load_weights`` did: keys loaded, ignored (unused by the net) and left at init (missing)."""
+
+    source: str
+    form: str
+    loaded: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        text = f"{self.source} ({self.form}): loaded {len(self.loaded)} tensors"
+        if self.ignored:
+            text += f", ignored {len(self.ignored)} unused ({_first(self.ignored)})"
+        if self.missing:
+            text += f", {len(self.missing)} not in the checkpoint and left as initialised ({_first(self.missing)})"
+        return text
+
+
+def _first(keys: list[str], n: int = _SHOW) -> str:
+    more = f", ... (+{len(keys) - n})" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def is_url(path_or_url: str) -> bool:
+    """True for http(s) and ftp addresses."""
+    return urlparse(str(path_or_url)).scheme in ("http", "https", "ftp")
+
+
+def default_cache_dir() -> str:
+    """Where downloaded weights are kept: torch hub's checkpoint folder (``$TORCH_HOME/hub/checkpoints``)."""
+    return os.path.join(torch.hub.get_dir(), "checkpoints")
+
+
+def _torch_load(path: str, allow_pickle: bool = False) -> Any:
+    """``torch.load`` of a local file on the CPU, safe by default; every failure is a CheckpointError."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint is not a file: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if found and not allow_pickle:
+            raise CheckpointError(
+                f"{path} contains a pickled Python object ({found.group(1)}), e.g. a whole model saved with "
+                "torch.save(model); it is refused for safety. If you trust the file, --allow-pickle "
+                "(allow_pickle=True, unsafe: runs code from the file) extracts its state dict") from None
+        raise CheckpointError(f"{path} is corrupt or not a PyTorch checkpoint ({_short(err)})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as err:
+        raise CheckpointError(f"{path} is truncated, corrupt or not a PyTorch checkpoint ({_short(err)})") from None
+    if isinstance(obj, nn.Module):  # only reachable with allow_pickle=True
+        obj = obj.state_dict()
+    return obj
+
+
+def _short(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:160]}" if text else type(err).__name__
+
+
+def _load_url(url: str, cache_dir: str | None) -> Any:
+    """Weights from a URL through torch hub's cache, or a CheckpointError saying what to download where."""
+    cache_dir = cache_dir or default_cache_dir()
+    file_name = os.path.basename(urlparse(url).path)
+    cached = os.path.join(cache_dir, file_name)
+    try:
+        return torch.hub.load_state_dict_from_url(url, model_dir=cache_dir, map_location="cpu",
+                                                  progress=False, file_name=file_name, weights_only=True)
+    except (urllib.error.URLError, HTTPException, OSError) as err:
+        raise CheckpointError(
+            f"could not download {url} ({_short(err)}); download it by hand and save it as {cached} "
+            f"(then it is found offline), or pass the downloaded file's path instead of the URL") from None
+    except Exception as err:  # the download worked but the cached file does not load
+        raise CheckpointError(f"{cached} (downloaded from {url}) does not load ({_short(err)}); "
+                              "delete it and try again") from None
+
+
+def read_checkpoint(path_or_url: str, allow_pickle: bool = False, cache_dir: str | None = None) -> dict:
+    """The checkpoint's top-level dict as stored (a pickled module becomes its state dict)."""
+    source = str(path_or_url)
+    obj = _load_url(source, cache_dir) if is_url(source) else _torch_load(source, allow_pickle)
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{source} holds a {type(obj).__name__}, not a dict of weights")
+    return dict(obj)
+
+
+def _unwrap(ckpt: Mapping, source: str) -> tuple[str, dict[str, Tensor], dict[str, Any]]:
+    """(form, state dict without DataParallel prefix, net metadata) of a loaded checkpoint."""
+    fmt = ckpt.get("format")
+    meta: dict[str, Any] = {}
+    if fmt in (FINAL_FORMAT, TRAIN_FORMAT):
+        inner = ckpt.get("state_dict" if fmt == FINAL_FORMAT else "net")
+        meta = {k: ckpt[k] for k in _NET_META if k in ckpt}
+        form = fmt
+    elif "state_dict" in ckpt and isinstance(ckpt["state_dict"], Mapping):
+        inner, form = ckpt["state_dict"], "state_dict"  # e.g. {"epoch", "arch", "state_dict", ...}
+    else:
+        inner, form = ckpt, ""
+    if not isinstance(inner, Mapping) or not inner:
+        raise CheckpointError(f"{source} has no weights (form {fmt or 'unknown'})")
+    bad = [k for k, v in inner.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise CheckpointError(f"{source} is not a state dict: {len(bad)} entries are not tensors ({_first(bad)})")
+    state = {str(k): v for k, v in inner.items()}
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    if not form or form == "state_dict":
+        if any(k.startswith("base.") for k in state):
+            form = "old-code" if any(k.startswith(("up1.", "up2.")) for k in state) else "segnet"
+        else:
+            form = "drn-backbone"
+    return form, state, meta
+
+
+def _describe(net: nn.Module) -> str:
+    if isinstance(net, SegNet):
+        return f"{net.arch} (aux_layer {net.aux_layer}, {net.num_classes} classes)"
+    return type(net).__name__
+
+
+def _check_meta(net: nn.Module, meta: dict[str, Any], source: str) -> None:
+    if not isinstance(net, SegNet) or not meta:
+        return
+    diff = [f"{k} {meta[k]!r} (net: {getattr(net, k)!r})" for k in _NET_META
+            if k in meta and meta[k] != getattr(net, k)]
+    if diff:
+        raise CheckpointError(f"{source} was saved from another net than {_describe(net)}: {'; '.join(diff)}; "
+                              "build the net from the checkpoint (build_from_checkpoint) or match these")
+
+
+def _apply(net: nn.Module, ckpt: Mapping, source: str) -> LoadReport:
+    """Load an already-read checkpoint into ``net`` (or its backbone), checking every key and shape."""
+    target = net.module if isinstance(net, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else net
+    form, state, meta = _unwrap(ckpt, source)
+    _check_meta(target, meta, source)
+    into_backbone = form == "drn-backbone" and isinstance(target, SegNet)
+    module = target.base if into_backbone else target
+    prefix = "base." if into_backbone else ""
+    expected = module.state_dict()
+    ignored = sorted(k for k in state if k not in expected and _UNUSED_KEY.match(k))
+    unexpected = sorted(k for k in state if k not in expected and k not in ignored)
+    # Checkpoints older than PyTorch 0.4.1 (the DRN ImageNet files) have no num_batches_tracked.
+    missing = sorted(k for k in expected if k not in state and not k.endswith("num_batches_tracked"))
+    wrong = [(k, tuple(expected[k].shape), tuple(v.shape)) for k, v in state.items()
+             if k in expected and expected[k].shape != v.shape]
+    if wrong or unexpected or missing:
+        raise CheckpointError(_mismatch_message(source, form, _describe(target), wrong, missing, unexpected))
+    module.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
+    loaded = sorted(prefix + k for k in state if k in expected)
+    not_in_ckpt = sorted(k for k in target.state_dict() if k.startswith(("seg1.", "seg2."))) if into_backbone else []
+    return LoadReport(source=source, form=form, loaded=loaded, ignored=ignored, missing=not_in_ckpt)
+
+
+def _mismatch_message(source: str, form: str, net: str, wrong: list, missing: list, unexpected: list) -> str:
+    parts = []
+    if wrong:
+        shown = "; ".join(f"{k}: expected {list(e)}, found {list(f)}" for k, e, f in wrong[:_SHOW])
+        parts.append(f"{len(wrong)} keys with other shapes ({shown}{', ...' if len(wrong) > _SHOW else ''})")
+    if missing:
+        parts.append(f"{len(missing)} keys missing from the checkpoint ({_first(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys ({_first(unexpected)})")
+    return (f"{source} ({form}) does not fit {net}: " + "; ".join(parts)
+            + " - wrong architecture or class count?")
+
+
+def load_weights(net: nn.Module, path_or_url: str, *, allow_pickle: bool = False,
+                 cache_dir: str | None = None) -> LoadReport:
+    """Load a checkpoint file or URL of any accepted form into ``net``; returns what was loaded.
+
+    Raises CheckpointError for a missing, corrupt, unsafe or non-matching checkpoint.
+    """
+    source = str(path_or_url)
+    return _apply(net, read_checkpoint(source, allow_pickle=allow_pickle, cache_dir=cache_dir), source)
+
+
+def build_from_checkpoint(path: str, map_location: str | torch.device = "cpu", allow_pickle: bool = False, *,
+                          arch: str | None = None, aux_layer: int | None = None,
+                          num_classes: int | None = None) -> SegNet:
+    """A SegNet built as the checkpoint says (our formats) or from ``arch=`` (others), weights loaded."""
+    source = str(path)
+    ckpt = read_checkpoint(source, allow_pickle=allow_pickle)
+    form, state, meta = _unwrap(ckpt, source)
+    given = {"arch": arch, "aux_layer": aux_layer, "num_classes": num_classes}
+    for key, value in given.items():
+        if value is not None and key in meta and meta[key] != value:
+            raise CheckpointError(f"{source} holds a {key} of {meta[key]!r}, not the requested {value!r}")
+    arch = meta.get("arch", arch)
+    if arch is None:
+        raise CheckpointError(f"{source} ({form}) does not say which architecture it holds; "
+                              "give it (arch=..., e.g. --arch drn_d_22)")
+    aux_layer = meta.get("aux_layer", aux_layer)
+    if num_classes is None:
+        num_classes = meta.get("num_classes")
+    if num_classes is None and "seg1.weight" in state:
+        num_classes = int(state["seg1.weight"].shape[0])
+    net = SegNet(arch, num_classes=num_classes or 19, aux_layer=aux_layer)
+    _apply(net, ckpt, source)
+    return net.to(map_location)
+
+
+def save_final(path: str, net: nn.Module) -> None:
+    """Write ``net`` as our final-weights file, atomically (temp file in the same folder, then rename)."""
+    if isinstance(net, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        net = net.module
+    if not isinstance(net, SegNet):
+        raise TypeError(f"save_final needs a SegNet, got {type(net).__name__}")
+    payload = {"format": FINAL_FORMAT, "arch": net.arch, "aux_layer": net.aux_layer,
+               "num_classes": net.num_classes,
+               "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pth")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
