@@ -85,7 +85,8 @@ def _torch_load(path: str, allow_pickle: bool = False) -> Any:
                 f"{path} contains a pickled Python object ({found.group(1)}), e.g. a whole model saved with "
                 "torch.save(model); it is refused for safety. If you trust the file, --allow-pickle "
                 "(allow_pickle=True, unsafe: runs code from the file) extracts its state dict") from None
-        raise CheckpointError(f"{path} is corrupt or not a PyTorch checkpoint ({_short(err)})") from None
+        # torch's text here is about weights_only and misleads: the data is simply not a checkpoint.
+        raise CheckpointError(f"{path} is corrupt or not a PyTorch checkpoint (unreadable pickle data)") from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as err:
         raise CheckpointError(f"{path} is truncated, corrupt or not a PyTorch checkpoint ({_short(err)})") from None
     if isinstance(obj, nn.Module):  # only reachable with allow_pickle=True
@@ -94,8 +95,10 @@ def _torch_load(path: str, allow_pickle: bool = False) -> Any:
 
 
 def _short(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:160]}" if text else type(err).__name__
+    """The exception's type and first sentence: enough to tell a truncated file from a refused URL."""
+    text = str(err).strip()
+    first = text.splitlines()[0].split(". ")[0][:160] if text else ""
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
 def _load_url(url: str, cache_dir: str | None) -> Any:

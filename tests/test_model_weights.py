@@ -1,0 +1,168 @@
+"""Weight loading and saving: every accepted form, and a clear CheckpointError for every bad one."""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+
+import pytest
+import torch
+
+from model import MODEL_URLS, build_from_checkpoint, build_seg_model, load_weights, read_checkpoint, save_final
+from utils.errors import CheckpointError
+
+
+@pytest.fixture(scope="module")
+def trained() -> torch.nn.Module:
+    """A D-22 SegNet with non-default weights and BN statistics."""
+    torch.manual_seed(1)
+    net = build_seg_model("drn_d_22")
+    with torch.no_grad():
+        net.train()(torch.randn(2, 3, 32, 32))  # moves the running statistics
+        net.seg2.bias.normal_()
+    return net.eval()
+
+
+def same_outputs(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    x = torch.randn(1, 3, 32, 40, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return all(torch.equal(u, v) for u, v in zip(a.eval()(x), b.eval()(x)))
+
+
+def test_old_code_state_dict_loads_ignoring_up1_up2_and_gives_the_same_outputs(trained, tmp_path):
+    sd = dict(trained.state_dict())
+    sd["up1.weight"] = torch.randn(19, 1, 16, 16)
+    sd["up2.weight"] = torch.randn(19, 1, 16, 16)
+    path = tmp_path / "GTA5_100000.pth"
+    torch.save(sd, path)
+    fresh = build_seg_model("drn_d_22")
+    report = load_weights(fresh, str(path))
+    assert report.form == "old-code"
+    assert report.ignored == ["up1.weight", "up2.weight"]
+    assert report.missing == []
+    assert same_outputs(fresh, trained)
+    assert "ignored 2 unused (up1.weight, up2.weight)" in str(report)
+
+
+def test_data_parallel_prefix_is_stripped(trained, tmp_path):
+    path = tmp_path / "ddp.pth"
+    torch.save({f"module.{k}": v for k, v in trained.state_dict().items()}, path)
+    fresh = build_seg_model("drn_d_22")
+    assert load_weights(fresh, str(path)).form == "segnet"
+    assert same_outputs(fresh, trained)
+
+
+def test_save_final_round_trip_and_build_from_checkpoint(trained, tmp_path):
+    path = tmp_path / "out" / "final.pth"
+    save_final(str(path), trained)
+    assert sorted(os.listdir(path.parent)) == ["final.pth"]  # no temp file left behind
+    ckpt = read_checkpoint(str(path))
+    assert {k: ckpt[k] for k in ("format", "arch", "aux_layer", "num_classes")} == {
+        "format": "dakd-final", "arch": "drn_d_22", "aux_layer": 6, "num_classes": 19}
+    net = build_from_checkpoint(str(path))
+    assert (net.arch, net.aux_layer, net.num_classes) == ("drn_d_22", 6, 19)
+    assert same_outputs(net, trained)
+
+
+def test_training_checkpoint_form_loads(trained, tmp_path):
+    path = tmp_path / "last.pth"
+    torch.save({"format": "dakd-train", "arch": "drn_d_22", "aux_layer": 6, "num_classes": 19,
+                "net": trained.state_dict(), "step": 10, "optimizer": {"state": {}, "param_groups": []}}, path)
+    fresh = build_seg_model("drn_d_22")
+    assert load_weights(fresh, str(path)).form == "dakd-train"
+    assert same_outputs(fresh, trained)
+    assert same_outputs(build_from_checkpoint(str(path)), trained)
+
+
+def test_checkpoint_of_another_net_names_the_difference(trained, tmp_path):
+    path = tmp_path / "final.pth"
+    save_final(str(path), trained)
+    with pytest.raises(CheckpointError, match=r"aux_layer 6 \(net: 7\)"):
+        load_weights(build_seg_model("drn_d_22", aux_layer=7), str(path))
+
+
+def test_foreign_form_needs_an_arch_to_build(trained, tmp_path):
+    path = tmp_path / "raw.pth"
+    torch.save(trained.state_dict(), path)
+    with pytest.raises(CheckpointError, match="arch="):
+        build_from_checkpoint(str(path))
+    assert same_outputs(build_from_checkpoint(str(path), arch="drn_d_22"), trained)
+
+
+def test_wrong_class_count_names_keys_and_shapes(trained, tmp_path):
+    path = tmp_path / "raw19.pth"
+    torch.save(trained.state_dict(), path)
+    with pytest.raises(CheckpointError) as err:
+        load_weights(build_seg_model("drn_d_22", num_classes=7), str(path))
+    msg = str(err.value)
+    assert "raw19.pth" in msg and "4 keys with other shapes" in msg
+    assert "seg1.weight: expected [7, 512, 1, 1], found [19, 512, 1, 1]" in msg
+
+
+def test_wrong_architecture_lists_missing_and_unexpected_keys(trained, tmp_path):
+    path = tmp_path / "d22.pth"
+    torch.save(trained.state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"keys missing from the checkpoint \(base\.layer3\.2\."):
+        load_weights(build_seg_model("drn_d_38"), str(path))
+
+
+def test_missing_file_names_the_path(tmp_path):
+    path = tmp_path / "nope.pth"
+    with pytest.raises(CheckpointError, match=f"checkpoint not found: {path}"):
+        load_weights(build_seg_model("drn_d_22"), str(path))
+
+
+def test_truncated_file_names_the_file(trained, tmp_path):
+    path = tmp_path / "cut.pth"
+    torch.save(trained.state_dict(), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"cut\.pth is truncated, corrupt"):
+        load_weights(build_seg_model("drn_d_22"), str(path))
+
+
+def test_whole_pickled_model_is_refused_unless_allowed(trained, tmp_path):
+    path = tmp_path / "model.pth"
+    torch.save(trained, path)
+    with pytest.raises(CheckpointError, match=r"refused for safety.*--allow-pickle"):
+        load_weights(build_seg_model("drn_d_22"), str(path))
+    fresh = build_seg_model("drn_d_22")
+    assert load_weights(fresh, str(path), allow_pickle=True).form == "segnet"
+    assert same_outputs(fresh, trained)
+
+
+def test_offline_url_says_what_to_download_and_where(monkeypatch, tmp_path):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    url = MODEL_URLS["drn_d_22"]
+    with pytest.raises(CheckpointError) as err:
+        build_seg_model("drn_d_22", pretrained="imagenet")
+    msg = str(err.value)
+    assert url in msg and "drn_d_22-4bd2f8ea.pth" in msg and "download it by hand" in msg
+    with pytest.raises(CheckpointError, match=str(tmp_path / "drn_d_22-4bd2f8ea.pth")):
+        load_weights(build_seg_model("drn_d_22"), url, cache_dir=str(tmp_path))
+
+
+def test_url_loading_uses_the_safe_hub_loader_with_a_cache_dir(monkeypatch, tmp_path):
+    from model.drn import drn_d_22
+
+    calls = {}
+    sd = drn_d_22(num_classes=1000).state_dict()
+
+    def fake(url, **kwargs):
+        calls.update(kwargs, url=url)
+        return sd
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake)
+    net = build_seg_model("drn_d_22", pretrained="imagenet")
+    assert calls["url"] == MODEL_URLS["drn_d_22"] and calls["weights_only"] is True and calls["model_dir"]
+    assert torch.equal(net.base.state_dict()["layer0.0.weight"], sd["layer0.0.weight"])
+
+
+def test_non_weights_file_is_a_checkpoint_error(tmp_path):
+    path = tmp_path / "list.pth"
+    torch.save([1, 2, 3], path)
+    with pytest.raises(CheckpointError, match="not a dict"):
+        read_checkpoint(str(path))
