@@ -1,0 +1,244 @@
+"""Synthetic driving-scene benchmark in the real GTA5, Cityscapes and BDD100K layouts.
+
+    python -m dataset.synthetic --out DIR [--num-train 200] [--num-val 50] [--size 128,64] [--seed 0]
+
+writes DIR/gta5 (source: train frames only, like the real GTA5), DIR/cityscapes and DIR/bdd (targets:
+train and val). The three domains share the scene model (road below, sky above, object shapes) but
+differ systematically in look and camera:
+- gta5, "rendered game": saturated flat colours, strong contrast, sharp edges, almost no texture,
+  no sensor noise; horizon at 45 % of the height; many vehicles. 1914:1052 frames (W x round(W*0.55)).
+- cityscapes: desaturated, greenish-grey, flatter contrast, fixed per-class hue/brightness shifts,
+  full texture, sensor noise, slight blur; higher horizon (38 %), a small ego hood (label id 1);
+  more persons, riders and trees, fewer trucks. 2:1 frames at --size.
+- bdd: darker and warmer (dusk dashcam), another per-class shift table, gamma, vignetting, JPEG
+  artefacts; lower horizon (50 %), a large ego hood (ignored); many cars. 16:9 frames.
+Same seed -> identical files.
+"""
+from __future__ import annotations
+
+import io
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from dataset.labels import IGNORE_LABEL, NUM_CLASSES, PALETTE, TRAIN_ID_TO_LABEL_ID
+from dataset.synth_canvas import EGO
+from dataset.synth_scene import SceneParams, draw_scene
+from utils.cli import ArgumentParser, non_negative_int, run_cli, size_arg
+
+DEFAULT_NUM_TRAIN = 200
+DEFAULT_NUM_VAL = 50
+DEFAULT_SIZE = (128, 64)  # Cityscapes-like 2:1; GTA5 and BDD keep their own aspect ratios
+DEFAULT_SEED = 0
+DOMAINS = ("gta5", "cityscapes", "bdd")
+TRAIN_CITIES = ("aachen", "bochum", "bremen", "cologne", "darmstadt")
+VAL_CITIES = ("frankfurt", "lindau", "munster")
+EGO_LABEL_ID = 1  # Cityscapes "ego vehicle"
+
+
+@dataclass(frozen=True)
+class Style:
+    """How one domain turns a drawn scene into pixels (all systematic, none random per frame)."""
+
+    aspect: float  # height / width
+    texture: float  # scale of the texture ("shade") channel
+    saturation: float
+    contrast: float
+    brightness: float
+    tint: tuple[float, float, float]
+    gamma: float
+    blur: float  # Gaussian sigma, pixels at the default width (scaled with the width)
+    noise: float  # sensor noise std (0..1 intensity)
+    hue_shift: float  # max per-class hue rotation (degrees), from a fixed per-domain table
+    gain_shift: float  # max per-class brightness change
+    table_seed: int
+    vignette: float = 0.0
+    jpeg: int = 0  # JPEG quality (0: PNG)
+
+
+STYLES = {
+    "gta5": Style(aspect=1052 / 1914, texture=0.35, saturation=1.35, contrast=1.2, brightness=1.05,
+                  tint=(1.0, 1.0, 1.0), gamma=0.95, blur=0.0, noise=0.0, hue_shift=0.0, gain_shift=0.0,
+                  table_seed=0),
+    "cityscapes": Style(aspect=0.5, texture=1.0, saturation=0.5, contrast=0.75, brightness=0.92,
+                        tint=(0.93, 1.02, 0.95), gamma=1.0, blur=0.7, noise=0.035, hue_shift=30.0,
+                        gain_shift=0.2, table_seed=1001),
+    "bdd": Style(aspect=9 / 16, texture=1.0, saturation=0.8, contrast=0.95, brightness=0.72,
+                 tint=(1.1, 0.96, 0.78), gamma=1.25, blur=0.5, noise=0.025, hue_shift=30.0,
+                 gain_shift=0.2, table_seed=2002, vignette=0.35, jpeg=70),
+}
+
+SCENES = {
+    "gta5": SceneParams(horizon=0.45, vegetation=0.25, verge=0.2,
+                        rates={"car": 3.5, "truck": 0.8, "bus": 0.5, "person": 1.0, "rider": 0.3,
+                               "_poles": 1.2}),
+    "cityscapes": SceneParams(horizon=0.38, vegetation=0.45, verge=0.5, hood=0.08,
+                              rates={"car": 2.5, "truck": 0.2, "bus": 0.2, "person": 3.0, "rider": 0.9,
+                                     "_poles": 2.0}),
+    "bdd": SceneParams(horizon=0.5, vegetation=0.3, verge=0.3, hood=0.14,
+                       rates={"car": 4.0, "truck": 0.6, "bus": 0.3, "person": 0.8, "rider": 0.3,
+                              "_poles": 1.5}),
+}
+
+
+def class_matrices(style: Style) -> np.ndarray:
+    """(256, 3, 3) per-class colour matrices: a fixed hue rotation and gain per class and domain."""
+    rng = np.random.default_rng(style.table_seed)
+    angles = np.deg2rad(rng.uniform(-style.hue_shift, style.hue_shift, 256))
+    gains = 1.0 + rng.uniform(-style.gain_shift, style.gain_shift, 256)
+    skew = np.array([[0, -1, 1], [1, 0, -1], [-1, 1, 0]], np.float32) / np.sqrt(3)
+    eye, grey = np.eye(3, dtype=np.float32), np.full((3, 3), 1 / 3, np.float32)
+    cos, sin = np.cos(angles)[:, None, None], np.sin(angles)[:, None, None]
+    rot = cos * eye + (1 - cos) * grey + sin * skew  # rotation about the grey axis
+    return (rot * gains[:, None, None]).astype(np.float32)
+
+
+def render(canvas, style: Style, rng: np.random.Generator, matrices: np.ndarray) -> np.ndarray:
+    """Turn a drawn canvas into a uint8 (H, W, 3) image in the domain's look."""
+    h, w = canvas.label.shape
+    img = canvas.color * (1.0 + style.texture * canvas.shade)[..., None]
+    img = np.einsum("hwij,hwj->hwi", matrices[canvas.label], img)
+    lum = img @ np.array([0.299, 0.587, 0.114], np.float32)
+    img = lum[..., None] + style.saturation * (img - lum[..., None])
+    img = 0.45 + style.contrast * (img - 0.45)
+    img = img * np.array(style.tint, np.float32) * style.brightness
+    if style.vignette:
+        r2 = ((canvas.xs / w - 0.5) ** 2 + (canvas.ys / h - 0.5) ** 2) * 2
+        img = img * (1 - style.vignette * r2)[..., None]
+    img = np.clip(img, 0, 1) ** style.gamma
+    if style.blur:
+        sigma = style.blur * w / DEFAULT_SIZE[0]
+        img = ndimage.gaussian_filter(img, (sigma, sigma, 0))
+    if style.noise:
+        img = img + rng.normal(0, style.noise, img.shape).astype(np.float32)
+    return np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+def label_ids(train_ids: np.ndarray) -> np.ndarray:
+    """Internal train ids (+ ego) -> Cityscapes label ids (unlabelled 0, ego vehicle 1)."""
+    table = TRAIN_ID_TO_LABEL_ID.copy()
+    table[EGO] = EGO_LABEL_ID
+    table[IGNORE_LABEL] = 0
+    return table[train_ids]
+
+
+def bdd_train_ids(train_ids: np.ndarray) -> np.ndarray:
+    """Internal train ids (+ ego) -> BDD train-id PNG values (255 for ego / unlabelled)."""
+    return np.where(train_ids < NUM_CLASSES, train_ids, IGNORE_LABEL).astype(np.uint8)
+
+
+def _save_png(array: np.ndarray, path: Path, palette: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(array)
+    if palette:  # real GTA5 labels are palette PNGs whose indices are the label ids
+        image = image.convert("P")
+        colours = np.zeros((256, 3), np.uint8)
+        colours[TRAIN_ID_TO_LABEL_ID[:NUM_CLASSES]] = PALETTE
+        image.putpalette(colours.ravel().tolist())
+    image.save(path, compress_level=1)
+
+
+def _save_jpeg(array: np.ndarray, path: Path, quality: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG", quality=quality)
+    path.write_bytes(buffer.getvalue())
+
+
+def frame_size(domain: str, size: tuple[int, int]) -> tuple[int, int]:
+    """(w, h) of a domain's frames: Cityscapes uses `size`, GTA5 and BDD their own aspect ratio."""
+    w, h = size
+    if domain == "cityscapes":
+        return w, h
+    return w, max(8, round(w * STYLES[domain].aspect))
+
+
+def make_frame(domain: str, size: tuple[int, int], seed: int, split: str, index: int):
+    """(uint8 image HxWx3, internal train-id map HxW) of one frame, a pure function of its arguments."""
+    w, h = frame_size(domain, size)
+    rng = np.random.default_rng([seed, DOMAINS.index(domain), ("train", "val").index(split), index])
+    canvas = draw_scene(rng, h, w, SCENES[domain])
+    style = STYLES[domain]
+    return render(canvas, style, rng, class_matrices(style)), canvas.label
+
+
+def _bdd_names(seed: int, count: int, split: str) -> list[str]:
+    rng = np.random.default_rng([seed, 99, ("train", "val").index(split)])
+    names: list[str] = []
+    while len(names) < count:
+        name = f"{rng.integers(16**8):08x}-{rng.integers(16**8):08x}"
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def write_domain(out: Path, domain: str, split: str, count: int, size: tuple[int, int], seed: int) -> None:
+    """Write `count` frames of one domain and split under `out` in that dataset's real layout."""
+    names = _bdd_names(seed, count, split) if domain == "bdd" else []
+    cities = TRAIN_CITIES if split == "train" else VAL_CITIES
+    for i in range(count):
+        image, labels = make_frame(domain, size, seed, split, i)
+        if domain == "gta5":
+            _save_png(image, out / "images" / f"{i + 1:05d}.png")
+            _save_png(label_ids(labels), out / "labels" / f"{i + 1:05d}.png", palette=True)
+        elif domain == "cityscapes":
+            city = cities[i % len(cities)]
+            stem = f"{city}_{i // len(cities):06d}_{19 + 10 * (i % 7):06d}"
+            _save_png(image, out / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png")
+            _save_png(label_ids(labels), out / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png")
+        else:
+            _save_jpeg(image, out / "images" / split / f"{names[i]}.jpg", STYLES["bdd"].jpeg)
+            _save_png(bdd_train_ids(labels), out / "labels" / split / f"{names[i]}_train_id.png")
+
+
+def generate(out: str | Path, num_train: int = DEFAULT_NUM_TRAIN, num_val: int = DEFAULT_NUM_VAL,
+             size: tuple[int, int] = DEFAULT_SIZE, seed: int = DEFAULT_SEED,
+             domains: Sequence[str] = DOMAINS) -> dict[str, int]:
+    """Write the benchmark under `out`/{gta5,cityscapes,bdd}; returns frames written per domain.
+
+    GTA5 gets `num_train` frames (it has no official split); Cityscapes and BDD get `num_train`
+    train and `num_val` val frames.
+    """
+    out = Path(out)
+    written = {}
+    for domain in domains:
+        splits = (("train", num_train),) if domain == "gta5" else (("train", num_train), ("val", num_val))
+        for split, count in splits:
+            write_domain(out / domain, domain, split, count, size, seed)
+        written[domain] = sum(count for _, count in splits)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: generate the benchmark and print what was written."""
+    parser = ArgumentParser(prog="python -m dataset.synthetic", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="output folder (gets gta5/, cityscapes/, bdd/)")
+    parser.add_argument("--num-train", type=non_negative_int, default=DEFAULT_NUM_TRAIN,
+                        help="training frames per domain (default %(default)s)")
+    parser.add_argument("--num-val", type=non_negative_int, default=DEFAULT_NUM_VAL,
+                        help="validation frames for cityscapes and bdd (default %(default)s)")
+    parser.add_argument("--size", type=size_arg, default=DEFAULT_SIZE,
+                        help="Cityscapes frame size W,H; GTA5 and BDD use W with their own aspect "
+                             "(default %(default)s)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed (default %(default)s)")
+    parser.add_argument("--domains", nargs="+", choices=DOMAINS, default=list(DOMAINS),
+                        help="domains to write (default: all three)")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    written = generate(args.out, args.num_train, args.num_val, args.size, args.seed, args.domains)
+    seconds = time.perf_counter() - start
+    total = sum(written.values())
+    for domain, count in written.items():
+        w, h = frame_size(domain, args.size)
+        print(f"{domain}: {count} frames of {w}x{h} in {Path(args.out) / domain}")
+    print(f"{total} frames in {seconds:.1f} s ({total / max(seconds, 1e-9):.0f} frames/s)")
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
