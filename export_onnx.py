@@ -1,0 +1,261 @@
+"""Export a segmentation net to ONNX (dynamic batch/height/width), check it with onnxruntime, print a model card.
+
+    python export_onnx.py --restore-from runs/student/final.pth --out student.onnx
+    python export_onnx.py --restore-from student.pth --compare teacher.pth --out student.onnx
+    python export_onnx.py --arch drn_d_22 --compare-arch drn_d_38 --out /tmp/s.onnx   # untrained nets
+
+The graph takes a normalised RGB image `image` (N, 3, H, W) (see dataset.transforms.NORMALIZE) and
+returns the main head's log-probabilities `main` (N, 19, H, W) (and `aux` with --with-aux). The
+model card gives parameters, GFLOPs (2 x multiply-adds of the convolutions) at --card-size, and the
+CPU latency of PyTorch and onnxruntime at --latency-size. `onnx` and `onnxruntime` are optional
+dependencies (`pip install onnx onnxruntime`).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from model import ARCHS, build_seg_model, count_parameters
+from utils.cli import ArgumentParser, positive_int, run_cli, size_arg
+from utils.errors import ConfigError
+from utils.evaluate import load_net
+from utils.predictions import write_text_atomic
+
+OPSET = 17
+CHECK_SIZES = "128,64 100,60"  # W,H pairs; one not a multiple of 8
+CARD_SIZE = "1024,512"
+LATENCY_SIZE = "1024,512"
+RUNS = 3
+TOLERANCE = 1e-4
+SEED = 1234
+
+
+class ExportWrapper(nn.Module):
+    """The net's main head (and the aux head with `with_aux`) as the graph's outputs."""
+
+    def __init__(self, net: nn.Module, with_aux: bool = False) -> None:
+        super().__init__()
+        self.net = net
+        self.with_aux = with_aux
+
+    def forward(self, image: torch.Tensor):
+        """`main` log-probabilities, or `(main, aux)`."""
+        aux, main = self.net(image)
+        return (main, aux) if self.with_aux else main
+
+
+def sizes_arg(text: str) -> list[tuple[int, int]]:
+    """'W,H W,H ...' -> list of (w, h)."""
+    return [size_arg(part) for part in text.split()]
+
+
+def get_parser() -> ArgumentParser:
+    """Flags of export_onnx.py, defaults from the constants above."""
+    p = ArgumentParser(prog="export_onnx.py", description=__doc__.splitlines()[0])
+    p.add_argument("--restore-from", default=None, help="checkpoint to export (omit with --arch: untrained net)")
+    p.add_argument("--arch", choices=ARCHS, default=None, help="architecture (foreign checkpoints / no checkpoint)")
+    p.add_argument("--allow-pickle", action="store_true", help="allow unpickling a trusted legacy checkpoint")
+    p.add_argument("--out", required=True, help="ONNX file to write")
+    p.add_argument("--with-aux", action="store_true", help="also output the auxiliary head")
+    p.add_argument("--opset", type=positive_int, default=OPSET)
+    p.add_argument("--check-sizes", type=sizes_arg, default=sizes_arg(CHECK_SIZES),
+                   help="'W,H W,H': sizes of the onnxruntime-vs-PyTorch check")
+    p.add_argument("--tolerance", type=float, default=TOLERANCE, help="largest accepted max abs difference")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
+    p.add_argument("--card-size", type=size_arg, default=size_arg(CARD_SIZE), help="W,H for the GFLOPs")
+    p.add_argument("--latency-size", type=size_arg, default=size_arg(LATENCY_SIZE), help="W,H for the latency")
+    p.add_argument("--runs", type=positive_int, default=RUNS, help="timed runs (median reported; 0 warm-up)")
+    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--compare", default=None, help="second checkpoint for the card (e.g. the teacher)")
+    p.add_argument("--compare-arch", choices=ARCHS, default=None, help="second (untrained) net for the card")
+    p.add_argument("--json", default=None, help="write the check and the model card to this JSON file")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    return p
+
+
+def require(module: str):
+    """Import an optional dependency or raise a `ConfigError` saying how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ConfigError(f"{module} is not installed; `pip install onnx onnxruntime` to export and check "
+                          f"ONNX models (or pass --no-check to skip onnxruntime)") from err
+
+
+def export(net: nn.Module, path: str | Path, *, with_aux: bool = False, opset: int = OPSET,
+           sample_size: tuple[int, int] = (128, 64)) -> Path:
+    """Write `net` as ONNX with dynamic batch, height and width; returns the path."""
+    require("onnx")
+    wrapper = ExportWrapper(net, with_aux).eval()  # eval before export: the exporter restores this mode
+    w, h = sample_size
+    sample = torch.randn(1, 3, h, w)
+    outputs = ["main", "aux"] if with_aux else ["main"]
+    axes = {name: {0: "batch", 2: "height", 3: "width"} for name in ["image", *outputs]}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter announces its deprecation and tracer notes
+        torch.onnx.export(wrapper, (sample,), str(path), opset_version=opset, dynamo=False,
+                          input_names=["image"], output_names=outputs, dynamic_axes=axes)
+    require("onnx").checker.check_model(str(path))
+    return path
+
+
+def ort_session(path: str | Path, threads: int | None = None):
+    """An onnxruntime CPU session for the exported file."""
+    ort = require("onnxruntime")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+@torch.inference_mode()
+def check_onnx(net: nn.Module, session, sizes: Sequence[tuple[int, int]], *, with_aux: bool = False,
+               seed: int = SEED) -> list[dict]:
+    """Max abs difference between onnxruntime and PyTorch outputs on seeded random images per (w, h)."""
+    wrapper = ExportWrapper(net, with_aux).eval()
+    gen = torch.Generator().manual_seed(seed)
+    report = []
+    for w, h in sizes:
+        x = torch.randn(2, 3, h, w, generator=gen)
+        ref = wrapper(x)
+        ref = ref if isinstance(ref, tuple) else (ref,)
+        got = session.run(None, {"image": x.numpy()})
+        for name, r, g in zip(["main", "aux"], ref, got):
+            if tuple(g.shape) != tuple(r.shape):
+                raise RuntimeError(f"ONNX output {name} has shape {g.shape}, PyTorch {tuple(r.shape)} at {w}x{h}")
+            report.append({"size": [w, h], "output": name,
+                           "max_abs_diff": float((torch.from_numpy(g) - r).abs().max())})
+    return report
+
+
+def gflops(net: nn.Module, size: tuple[int, int]) -> float:
+    """GFLOPs (2 x multiply-adds, convolutions and matmuls) of one forward pass on a (1, 3, H, W) image.
+
+    Counted on a meta-device copy, so nothing is computed and any size is instant.
+    """
+    w, h = size
+    meta = copy.deepcopy(net).to("meta").eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        meta(torch.empty(1, 3, h, w, device="meta"))
+    return counter.get_total_flops() / 1e9
+
+
+def _median_ms(fn, runs: int) -> float:
+    fn()  # warm-up: allocator and kernel selection
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1000.0 * statistics.median(times)
+
+
+@torch.inference_mode()
+def latency_ms(net: nn.Module, size: tuple[int, int], runs: int = RUNS, session=None) -> dict:
+    """Median CPU latency (ms) of the main head on one (1, 3, H, W) image: PyTorch, and onnxruntime if given."""
+    w, h = size
+    x = torch.randn(1, 3, h, w)
+    net = net.eval()
+    result = {"size": [w, h], "runs": runs, "threads": torch.get_num_threads(),
+              "torch_ms": _median_ms(lambda: net(x), runs)}
+    if session is not None:
+        feed = {"image": x.numpy()}
+        result["onnxruntime_ms"] = _median_ms(lambda: session.run(None, feed), runs)
+    return result
+
+
+def model_card(name: str, net: nn.Module, args, session=None) -> dict:
+    """Parameters, GFLOPs and latency of one net."""
+    aux_params = count_parameters(net.seg2) if hasattr(net, "seg2") else 0
+    card = {"name": name, "arch": getattr(net, "arch", None), "aux_layer": getattr(net, "aux_layer", None),
+            "params": count_parameters(net), "params_inference": count_parameters(net) - aux_params,
+            "gflops": gflops(net, args.card_size), "card_size": list(args.card_size)}
+    if not args.no_latency:
+        card["latency"] = latency_ms(net, args.latency_size, args.runs, session)
+    return card
+
+
+def format_cards(cards: list[dict]) -> str:
+    """The model card table printed on stdout."""
+    w, h = cards[0]["card_size"]
+    head = (f"{'model':<24} {'params (M)':>10} {'main only':>10} {f'GFLOPs@{w}x{h}':>16} "
+            f"{'torch ms':>9} {'onnxrt ms':>9}")
+    lines = [head, "-" * len(head)]
+    for c in cards:
+        lat = c.get("latency", {})
+        torch_ms = f"{lat['torch_ms']:9.0f}" if "torch_ms" in lat else f"{'-':>9}"
+        ort_ms = f"{lat['onnxruntime_ms']:9.0f}" if "onnxruntime_ms" in lat else f"{'-':>9}"
+        lines.append(f"{c['name'][:24]:<24} {c['params'] / 1e6:10.2f} {c['params_inference'] / 1e6:10.2f} "
+                     f"{c['gflops']:16.1f} {torch_ms} {ort_ms}")
+    if cards and "latency" in cards[0]:
+        lat = cards[0]["latency"]
+        lines.append(f"latency: median of {lat['runs']} runs, batch 1 at {lat['size'][0]}x{lat['size'][1]}, "
+                     f"CPU, {lat['threads']} threads; GFLOPs = 2 x conv multiply-adds")
+    return "\n".join(lines)
+
+
+def _load(path: str | None, arch: str | None, allow_pickle: bool) -> tuple[str, nn.Module]:
+    """(display name, net on the CPU in eval mode) from a checkpoint, or an untrained `arch`."""
+    if path is None:
+        if arch is None:
+            raise ConfigError("give --restore-from CKPT (or --arch ARCH to export an untrained net)")
+        return f"{arch} (untrained)", build_seg_model(arch).eval()
+    net = load_net(path, arch=arch, allow_pickle=allow_pickle)
+    return f"{getattr(net, 'arch', arch)} ({Path(path).name})", net
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Export, check, print the model card; returns everything measured."""
+    args = get_parser().parse_args(argv)
+    if args.compare and args.compare_arch:
+        raise ConfigError("give --compare CKPT or --compare-arch ARCH, not both")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.no_check:
+        require("onnxruntime")  # fail before the export, not after
+    name, net = _load(args.restore_from, args.arch, args.allow_pickle)
+    out = export(net, args.out, with_aux=args.with_aux, opset=args.opset)
+    size_mb = out.stat().st_size / 2**20
+    print(f"exported {name} to {out} ({size_mb:.1f} MB, opset {args.opset}, dynamic batch/height/width, "
+          f"outputs: {'main, aux' if args.with_aux else 'main'} log-probabilities)")
+    report: dict = {"onnx": str(out), "onnx_mb": size_mb, "opset": args.opset}
+    session = None
+    if not args.no_check:
+        session = ort_session(out, args.threads)
+        checks = check_onnx(net, session, args.check_sizes, with_aux=args.with_aux)
+        worst = max(c["max_abs_diff"] for c in checks)
+        for c in checks:
+            print(f"check {c['size'][0]}x{c['size'][1]} {c['output']}: max abs diff {c['max_abs_diff']:.2e}")
+        report.update({"check": checks, "max_abs_diff": worst, "tolerance": args.tolerance})
+        if worst > args.tolerance:
+            raise ConfigError(f"onnxruntime and PyTorch differ by {worst:.2e} > --tolerance {args.tolerance:g}")
+        print(f"onnxruntime matches PyTorch: max abs diff {worst:.2e} <= {args.tolerance:g}")
+    cards = [model_card(name, net, args, session)]
+    if args.compare or args.compare_arch:
+        other_name, other = _load(args.compare, args.compare_arch, args.allow_pickle)
+        cards.append(model_card(other_name, other, args))
+    print(format_cards(cards))
+    report["cards"] = cards
+    if args.json:
+        write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return report
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
