@@ -118,7 +118,7 @@ def _load_url(url: str, cache_dir: str | None) -> Any:
                               "delete it and try again") from None
 
 
-def read_checkpoint(path_or_url: str, allow_pickle: bool = False, cache_dir: str | None = None) -> dict:
+def read_checkpoint(path_or_url: str | os.PathLike, allow_pickle: bool = False, cache_dir: str | None = None) -> dict:
     """The checkpoint's top-level dict as stored (a pickled module becomes its state dict)."""
     source = str(path_or_url)
     obj = _load_url(source, cache_dir) if is_url(source) else _torch_load(source, allow_pickle)
@@ -207,7 +207,7 @@ def _mismatch_message(source: str, form: str, net: str, wrong: list, missing: li
             + " - wrong architecture or class count?")
 
 
-def load_weights(net: nn.Module, path_or_url: str, *, allow_pickle: bool = False,
+def load_weights(net: nn.Module, path_or_url: str | os.PathLike, *, allow_pickle: bool = False,
                  cache_dir: str | None = None) -> LoadReport:
     """Load a checkpoint file or URL of any accepted form into ``net``; returns what was loaded.
 
@@ -217,8 +217,8 @@ def load_weights(net: nn.Module, path_or_url: str, *, allow_pickle: bool = False
     return _apply(net, read_checkpoint(source, allow_pickle=allow_pickle, cache_dir=cache_dir), source)
 
 
-def build_from_checkpoint(path: str, map_location: str | torch.device = "cpu", allow_pickle: bool = False, *,
-                          arch: str | None = None, aux_layer: int | None = None,
+def build_from_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                          allow_pickle: bool = False, *, arch: str | None = None, aux_layer: int | None = None,
                           num_classes: int | None = None) -> SegNet:
     """A SegNet built as the checkpoint says (our formats) or from ``arch=`` (others), weights loaded."""
     source = str(path)
@@ -242,7 +242,7 @@ def build_from_checkpoint(path: str, map_location: str | torch.device = "cpu", a
     return net.to(map_location)
 
 
-def save_final(path: str, net: nn.Module) -> None:
+def save_final(path: str | os.PathLike, net: nn.Module) -> None:
     """Write ``net`` as our final-weights file, atomically (temp file in the same folder, then rename)."""
     if isinstance(net, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         net = net.module
