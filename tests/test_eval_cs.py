@@ -1,0 +1,182 @@
+"""eval_cs.py end to end on the synthetic Cityscapes / BDD val: JSON, CSV, both protocols, saved predictions."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import eval_cs
+from dataset import build_dataset
+from dataset.labels import CLASSES, LABEL_IDS
+from model import build_seg_model, save_final
+from tests.conftest import run_script
+from utils.cli import run_cli
+from utils.errors import ConfigError, DatasetError
+
+INPUT = "32,16"
+
+
+def short_trained_checkpoint(root: Path, path: Path, steps: int = 3) -> Path:
+    """A drn_d_22 trained for a few SGD steps on synthetic Cityscapes train, saved with save_final."""
+    torch.manual_seed(0)
+    net = build_seg_model("drn_d_22")
+    data = build_dataset("cityscapes", root / "cityscapes", "train", size=(32, 16))
+    batch = torch.utils.data.default_collate([data[i] for i in range(2)])
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+    net.train()
+    for _ in range(steps):
+        _, main = net(batch["image"])
+        loss = torch.nn.functional.nll_loss(main, batch["label"], ignore_index=255)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    save_final(str(path), net)
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(synthetic_root, tmp_path_factory) -> Path:
+    return short_trained_checkpoint(synthetic_root, tmp_path_factory.mktemp("ckpt") / "final.pth")
+
+
+def run_eval(checkpoint: Path, root: Path, *extra: str) -> dict:
+    return eval_cs.main(["--restore-from", str(checkpoint), "--data-dir", str(root), "--input-size", INPUT,
+                         "--num-workers", "0", "--device", "cpu", "--no-progress", *extra])
+
+
+def test_json_has_the_keys_and_scores_in_unit_range(checkpoint, synthetic_root, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    run_eval(checkpoint, synthetic_root / "cityscapes", "--json", str(out), "--batch-size", "2")
+    data = json.loads(out.read_text())
+    for key in ("mIoU", "pixel_acc", "mean_acc", "per_class", "per_class_acc", "images_per_s", "num_images",
+                "checkpoint", "protocol", "confusion"):
+        assert key in data, key
+    for key in ("mIoU", "pixel_acc", "mean_acc"):
+        assert 0.0 <= data[key] <= 1.0
+    assert list(data["per_class"]) == list(CLASSES)
+    assert all(v is None or 0.0 <= v <= 1.0 for v in data["per_class"].values())
+    assert data["num_images"] == 4 and data["images_per_s"] > 0
+    assert data["protocol"]["label_size"] == "full"
+    assert np.asarray(data["confusion"]).sum() == data["num_pixels"]
+    printed = capsys.readouterr().out
+    assert "mIoU" in printed and "road" in printed and "images/s" in printed
+
+
+def test_both_protocols_run_and_score_different_pixel_counts(checkpoint, synthetic_root):
+    full = run_eval(checkpoint, synthetic_root / "cityscapes")
+    small = run_eval(checkpoint, synthetic_root / "cityscapes", "--label-size", "input")
+    assert full["num_images"] == small["num_images"] == 4
+    # full: labels at 64x32; input: labels nearest-resized to the 32x16 input
+    assert full["num_pixels"] > small["num_pixels"] > 0
+    assert small["protocol"]["label_size"] == "input"
+
+
+def test_tta_and_limit(checkpoint, synthetic_root):
+    out = run_eval(checkpoint, synthetic_root / "cityscapes", "--flip", "--scales", "0.75,1.0", "--limit", "2")
+    assert out["num_images"] == 2 and 0.0 <= out["mIoU"] <= 1.0
+    assert out["protocol"]["flip"] is True and out["protocol"]["scales"] == [0.75, 1.0]
+
+
+def test_csv_has_a_row_per_class(checkpoint, synthetic_root, tmp_path):
+    out = tmp_path / "eval.csv"
+    run_eval(checkpoint, synthetic_root / "cityscapes", "--csv", str(out))
+    rows = list(csv.DictReader(out.open()))
+    assert [r["class"] for r in rows] == [*CLASSES, "mean"]
+
+
+def test_saved_predictions_are_label_ids_with_official_names(checkpoint, synthetic_root, tmp_path):
+    root = synthetic_root / "cityscapes"
+    pred = tmp_path / "pred"
+    run_eval(checkpoint, root, "--save-pred", str(pred), "--batch-size", "3")
+    gts = sorted((root / "gtFine" / "val").glob("*/*_gtFine_labelIds.png"))
+    results = sorted((pred / "labelIds").rglob("*.png"))
+    assert len(results) == len(gts) == 4
+    valid = set(LABEL_IDS)
+    for gt in gts:
+        core = gt.name[: -len("_gtFine_labelIds.png")]
+        # the official evaluator matches CITY_SEQ_FRAME*.png below CITYSCAPES_RESULTS: exactly one file
+        matches = [p for p in results if p.name.startswith(core)]
+        assert len(matches) == 1
+        assert matches[0].name == f"{core}_leftImg8bit.png" and matches[0].parent.name == core.split("_")[0]
+        ids = np.asarray(Image.open(matches[0]))
+        assert ids.dtype == np.uint8 and ids.shape == np.asarray(Image.open(gt)).shape
+        assert set(np.unique(ids).tolist()) <= valid
+    for sub in ("color", "overlay"):
+        files = sorted((pred / sub).rglob("*.png"))
+        assert len(files) == 4 and np.asarray(Image.open(files[0])).shape[2] == 3
+    manifest = json.loads((pred / "manifest.json").read_text())
+    assert manifest["dataset"] == "cityscapes" and len(manifest["items"]) == 4
+
+
+def test_official_evaluator_agrees_on_saved_predictions(checkpoint, synthetic_root, tmp_path):
+    ev = pytest.importorskip("cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling",
+                             reason="cityscapesscripts is not installed (pip install cityscapesscripts)")
+    root = synthetic_root / "cityscapes"
+    pred = tmp_path / "pred"
+    ours = run_eval(checkpoint, root, "--save-pred", str(pred))
+    args = ev.args
+    # instance-level scores need *_instanceIds.png (absent here) and np.in1d (gone in NumPy 2): off
+    args.evalInstLevelScore, args.JSONOutput, args.quiet = False, False, True
+    args.predictionPath, args.predictionWalk = str(pred / "labelIds"), None
+    gts = sorted(str(p) for p in (root / "gtFine" / "val").glob("*/*_gtFine_labelIds.png"))
+    official = ev.evaluateImgLists([ev.getPrediction(args, g) for g in gts], gts, args)
+    assert official["averageScoreClasses"] == pytest.approx(ours["mIoU"], abs=1e-9)
+    for name, iou in ours["per_class"].items():
+        theirs = official["classScores"][name]
+        assert (iou is None and np.isnan(theirs)) or theirs == pytest.approx(iou, abs=1e-9)
+
+
+def test_bdd_predictions_are_train_id_pngs(checkpoint, synthetic_root, tmp_path):
+    pred = tmp_path / "pred"
+    out = run_eval(checkpoint, synthetic_root / "bdd", "--dataset", "bdd", "--save-pred", str(pred))
+    images = sorted((synthetic_root / "bdd" / "images" / "val").glob("*.jpg"))
+    files = sorted((pred / "trainIds").glob("*.png"))
+    assert [f.name for f in files] == sorted(f"{p.stem}_train_id.png" for p in images)
+    assert out["num_images"] == len(images)
+    for f in files:
+        assert np.asarray(Image.open(f)).max() < 19
+
+
+def test_missing_checkpoint_is_one_line_and_exit_2(synthetic_root, tmp_path):
+    result = run_script("eval_cs.py", "--restore-from", str(tmp_path / "nope.pth"), "--data-dir",
+                        str(synthetic_root / "cityscapes"), "--input-size", INPUT, "--device", "cpu")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nope.pth" in lines[0] and lines[0].startswith("eval_cs.py: error:")
+
+
+def test_missing_data_dir_is_one_line_and_exit_2(checkpoint, tmp_path, capsys):
+    status = run_cli(eval_cs.main, ["--restore-from", str(checkpoint), "--data-dir", str(tmp_path / "void"),
+                                    "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert status == 2 and len(err.strip().splitlines()) == 1 and "void" in err
+
+
+@pytest.mark.parametrize("flags", [["--scales", "0,1"], ["--input-size", "64"], ["--label-size", "half"]])
+def test_bad_flags_are_usage_errors(checkpoint, flags, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        eval_cs.main(["--restore-from", str(checkpoint), *flags])
+    assert exit_info.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_json_path_that_is_a_folder_fails_before_evaluating(checkpoint, synthetic_root, tmp_path):
+    with pytest.raises(ConfigError, match="--json"):
+        run_eval(checkpoint, synthetic_root / "cityscapes", "--json", str(tmp_path))
+
+
+def test_result_file_names_are_parsed_from_cityscapes_names():
+    from utils.predictions import cityscapes_result_name
+
+    name = "leftImg8bit/val/frankfurt/frankfurt_000000_000294_leftImg8bit.png"
+    assert cityscapes_result_name(name) == "frankfurt/frankfurt_000000_000294_leftImg8bit.png"
+    assert re.match(r"^[^_]+_\d+_\d+_", os.path.basename(cityscapes_result_name(name)))
+    with pytest.raises(DatasetError, match="not a Cityscapes file name"):
+        cityscapes_result_name("images/00001.png")
