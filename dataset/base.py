@@ -15,6 +15,12 @@ from utils.errors import DatasetError
 _SHOW_MISSING = 3  # how many missing paths an error message lists
 
 
+def apply_lut(raw: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+    """Map a uint8 label map through a 256-entry uint8 table in one vectorised lookup."""
+    # index_select is several times faster than advanced indexing (lut[raw.long()]) on CPU
+    return lut.index_select(0, raw.reshape(-1).long()).view(raw.shape)
+
+
 def read_list(list_path: str | Path) -> list[str]:
     """Non-empty, non-comment lines of a list file (first whitespace-separated field of each)."""
     path = Path(list_path)
@@ -47,6 +53,20 @@ def _missing_error(kind: str, layout: Layout, root: Path, missing: list[str], to
                         f"(expected {layout.description}); first: {shown}")
 
 
+def scan_split(layout: Layout, root: str | Path, split: str) -> list[str]:
+    """Sorted root-relative image paths of `split`; `DatasetError` if the folder is missing or empty."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{layout.name} dataset root {root} does not exist (expected {layout.description})")
+    folder = root / layout.split_dir(split)
+    if not folder.is_dir():
+        raise DatasetError(f"{layout.name} split folder {folder} does not exist (expected {layout.description})")
+    files = layout.scan(root, split)
+    if not files:
+        raise DatasetError(f"no {layout.name} images found in {folder} (expected {layout.description})")
+    return files
+
+
 class SegmentationDataset(Dataset):
     """Images (and optionally train-id labels) of one split of a layout, listed or scanned.
 
@@ -65,6 +85,7 @@ class SegmentationDataset(Dataset):
         self.labels = labels
         self._rng: torch.Generator | None = None
         self._rng_seed: int | None = None
+        self._lut = torch.from_numpy(layout.lut)
         self.files = self._find_files(list_path)
         self._check_exist()
         self.num_unique = len(self.files)
@@ -83,14 +104,7 @@ class SegmentationDataset(Dataset):
             if not files:
                 raise DatasetError(f"list file {list_path} is empty (expected one image path per line)")
             return files
-        folder = root / layout.split_dir(self.split)
-        if not folder.is_dir():
-            raise DatasetError(f"{layout.name} split folder {folder} does not exist "
-                               f"(expected {layout.description})")
-        files = layout.scan(root, self.split)
-        if not files:
-            raise DatasetError(f"no {layout.name} images found in {folder} (expected {layout.description})")
-        return files
+        return scan_split(layout, root, self.split)
 
     def _check_exist(self) -> None:
         root, layout = self.root, self.layout
@@ -134,8 +148,7 @@ class SegmentationDataset(Dataset):
         if tuple(raw.shape) != tuple(image.shape[-2:]):
             raise DatasetError(f"image {image_path} is {image.shape[-1]}x{image.shape[-2]} but its label "
                                f"{label_path} is {raw.shape[-1]}x{raw.shape[-2]} (W x H)")
-        lut = torch.from_numpy(self.layout.lut)
-        return image, lut[raw.long()]  # one vectorised lookup: PNG value -> train id
+        return image, apply_lut(raw, self._lut)
 
     def __getitem__(self, index: int) -> dict:
         image, label = self.load_raw(index)

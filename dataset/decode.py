@@ -1,12 +1,18 @@
 """Reading image and label files into uint8 tensors (torchvision decoders), with clear errors."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
 from torchvision.io import ImageReadMode, decode_image, read_file
 
 from utils.errors import DatasetError
+
+# torchvision 0.29 announces that TorchCodec will replace its decoders; until then they are the
+# ecosystem's PNG/JPEG decoders to uint8 tensors, and the notice would repeat on every file.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
 
 
 def _decode(path: Path, mode: ImageReadMode, what: str) -> torch.Tensor:

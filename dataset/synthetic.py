@@ -67,10 +67,10 @@ STYLES = {
                   tint=(1.0, 1.0, 1.0), gamma=0.95, blur=0.0, noise=0.0, hue_shift=0.0, gain_shift=0.0,
                   table_seed=0),
     "cityscapes": Style(aspect=0.5, texture=1.0, saturation=0.5, contrast=0.75, brightness=0.92,
-                        tint=(0.93, 1.02, 0.95), gamma=1.0, blur=0.7, noise=0.035, hue_shift=30.0,
+                        tint=(0.93, 1.02, 0.95), gamma=1.0, blur=0.7, noise=0.03, hue_shift=20.0,
                         gain_shift=0.2, table_seed=1001),
-    "bdd": Style(aspect=9 / 16, texture=1.0, saturation=0.8, contrast=0.95, brightness=0.72,
-                 tint=(1.1, 0.96, 0.78), gamma=1.25, blur=0.5, noise=0.025, hue_shift=30.0,
+    "bdd": Style(aspect=9 / 16, texture=1.0, saturation=0.8, contrast=0.95, brightness=0.8,
+                 tint=(1.1, 0.96, 0.8), gamma=1.15, blur=0.5, noise=0.025, hue_shift=20.0,
                  gain_shift=0.2, table_seed=2002, vignette=0.35, jpeg=70),
 }
 

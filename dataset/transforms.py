@@ -41,11 +41,13 @@ def denormalize(image: torch.Tensor) -> np.ndarray:
 
 
 def resize_pair(image: torch.Tensor, label: torch.Tensor | None, hw: tuple[int, int]):
-    """Resize image (bicubic, antialiased) and label (nearest) to (H, W)."""
+    """Resize image (bicubic, antialiased) and label (nearest, pixel-centre exact) to (H, W)."""
     out_h, out_w = hw
     image = F.resize(image, [out_h, out_w], interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
     if label is not None:
-        label = F.resize(label[None], [out_h, out_w], interpolation=v2.InterpolationMode.NEAREST)[0]
+        # NEAREST_EXACT samples at pixel centres like the bicubic image resize; plain NEAREST
+        # (floor of the scaled index) shifts labels by up to a pixel against the image
+        label = F.resize(label[None], [out_h, out_w], interpolation=v2.InterpolationMode.NEAREST_EXACT)[0]
     return image, label
 
 

@@ -1,0 +1,92 @@
+"""Loader throughput: images/s per worker for each layout, and LUT vs per-id label remapping.
+
+    python -m dataset.benchmark_loader --root DIR [--size 128,64] [--num 200] [--workers 1]
+
+DIR holds gta5/, cityscapes/ and bdd/ (the synthetic benchmark's output); `--gta5`, `--cityscapes`,
+`--bdd` point at single dataset roots instead (real downloads).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from dataset import build_dataset
+from dataset.base import apply_lut
+from dataset.decode import read_label
+from dataset.layouts import LAYOUTS
+from utils.cli import ArgumentParser, non_negative_int, positive_int, run_cli, size_arg
+from utils.errors import DatasetError
+
+SPLITS = {"gta5": "train", "cityscapes": "train", "bdd": "train"}
+
+
+def loader_throughput(dataset, num: int, workers: int, batch_size: int = 1) -> float:
+    """Images/s of a DataLoader over the first `num` items (after one warm-up batch)."""
+    subset = torch.utils.data.Subset(dataset, list(range(min(num, len(dataset)))))
+    loader = DataLoader(subset, batch_size=batch_size, num_workers=workers, shuffle=False)
+    start, seen = None, 0
+    for batch in loader:
+        if start is None:  # skip worker start-up
+            start = time.perf_counter()
+            continue
+        seen += batch["image"].shape[0]
+    seconds = time.perf_counter() - start if start is not None else 0.0
+    return seen / seconds if seconds > 0 else float("nan")
+
+
+def remap_speed(dataset, num: int) -> tuple[float, float]:
+    """Labels/s of the one-step LUT lookup and of the old code's one-pass-per-id remapping."""
+    raws = [read_label(dataset.label_path(i)) for i in range(min(num, len(dataset)))]
+    lut = torch.from_numpy(dataset.layout.lut)
+    start = time.perf_counter()
+    for raw in raws:
+        apply_lut(raw, lut)
+    lut_time = time.perf_counter() - start
+    pairs = [(v, int(t)) for v, t in enumerate(dataset.layout.lut) if t != 255]
+    start = time.perf_counter()
+    for raw in raws:
+        arr = raw.numpy()
+        out = np.full(arr.shape, 255, np.uint8)
+        for value, train_id in pairs:  # the old code's loop over ids
+            out[arr == value] = train_id
+    loop_time = time.perf_counter() - start
+    return len(raws) / max(lut_time, 1e-9), len(raws) / max(loop_time, 1e-9)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: print throughput for every layout found."""
+    parser = ArgumentParser(prog="python -m dataset.benchmark_loader", description=__doc__.split("\n")[0])
+    parser.add_argument("--root", help="folder holding gta5/, cityscapes/, bdd/")
+    for name in LAYOUTS:
+        parser.add_argument(f"--{name}", help=f"root of a {name} dataset (overrides --root)")
+    parser.add_argument("--size", type=size_arg, default=(128, 64), help="resize to W,H (default 128,64)")
+    parser.add_argument("--num", type=positive_int, default=200, help="images per measurement")
+    parser.add_argument("--workers", type=non_negative_int, default=1,
+                        help="DataLoader workers (default 1; 0 = main process, slower on small CPUs)")
+    args = parser.parse_args(argv)
+    roots = {}
+    for name in LAYOUTS:
+        root = getattr(args, name) or (Path(args.root) / name if args.root else None)
+        if root is not None and Path(root).is_dir():
+            roots[name] = Path(root)
+    if not roots:
+        raise DatasetError("no dataset found: give --root DIR (with gta5/, cityscapes/, bdd/) or --gta5/...")
+    per = max(args.workers, 1)
+    print(f"size {args.size[0]}x{args.size[1]}, {args.num} images, workers={args.workers}, "
+          f"torch threads={torch.get_num_threads()}")
+    for name, root in roots.items():
+        dataset = build_dataset(name, root, SPLITS[name], size=args.size, random_mirror=True, random_scale=True)
+        rate = loader_throughput(dataset, args.num, args.workers)
+        lut_rate, loop_rate = remap_speed(dataset, args.num)
+        print(f"{name:10s} {rate:8.1f} images/s ({rate / per:.1f} per worker); label remap: "
+              f"LUT {lut_rate:.0f} labels/s, per-id loop {loop_rate:.0f} labels/s")
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

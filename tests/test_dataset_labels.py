@@ -1,0 +1,55 @@
+"""Label tables: Cityscapes ids -> train ids, BDD train ids, palette, inverse table."""
+from __future__ import annotations
+
+import numpy as np
+
+from dataset.labels import (
+    BDD_LUT,
+    CITYSCAPES_LUT,
+    CLASSES,
+    IGNORE_LABEL,
+    NUM_CLASSES,
+    PALETTE,
+    TRAIN_ID_TO_LABEL_ID,
+    colorize,
+)
+
+# SPEC section 6, written out by hand: Cityscapes label id -> (train id, class name)
+SPEC_TABLE = {
+    7: (0, "road"), 8: (1, "sidewalk"), 11: (2, "building"), 12: (3, "wall"), 13: (4, "fence"),
+    17: (5, "pole"), 19: (6, "traffic light"), 20: (7, "traffic sign"), 21: (8, "vegetation"),
+    22: (9, "terrain"), 23: (10, "sky"), 24: (11, "person"), 25: (12, "rider"), 26: (13, "car"),
+    27: (14, "truck"), 28: (15, "bus"), 31: (16, "train"), 32: (17, "motorcycle"), 33: (18, "bicycle"),
+}
+
+
+def test_every_cityscapes_label_id_maps_to_the_spec_train_id():
+    assert CITYSCAPES_LUT.dtype == np.uint8 and CITYSCAPES_LUT.shape == (256,)
+    for value in range(256):
+        expected = SPEC_TABLE[value][0] if value in SPEC_TABLE else IGNORE_LABEL
+        assert CITYSCAPES_LUT[value] == expected, f"label id {value}"
+
+
+def test_class_names_follow_train_id_order():
+    assert NUM_CLASSES == len(CLASSES) == len(PALETTE) == 19
+    for train_id, name in SPEC_TABLE.values():
+        assert CLASSES[train_id] == name
+
+
+def test_train_id_to_label_id_inverts_the_lut():
+    for train_id in range(NUM_CLASSES):
+        assert CITYSCAPES_LUT[TRAIN_ID_TO_LABEL_ID[train_id]] == train_id
+    assert TRAIN_ID_TO_LABEL_ID[IGNORE_LABEL] == 0
+
+
+def test_bdd_lut_keeps_train_ids_and_ignores_invalid_values():
+    assert list(BDD_LUT[:NUM_CLASSES]) == list(range(NUM_CLASSES))
+    assert (BDD_LUT[NUM_CLASSES:] == IGNORE_LABEL).all()
+
+
+def test_colorize_uses_the_palette_and_blacks_out_ignored():
+    ids = np.array([[0, 13], [255, 18]], np.uint8)
+    rgb = colorize(ids)
+    assert rgb.shape == (2, 2, 3) and rgb.dtype == np.uint8
+    assert tuple(rgb[0, 0]) == PALETTE[0] and tuple(rgb[0, 1]) == PALETTE[13]
+    assert tuple(rgb[1, 0]) == (0, 0, 0) and tuple(rgb[1, 1]) == PALETTE[18]

@@ -1,0 +1,140 @@
+"""Loading GTA5, Cityscapes and BDD layouts: shapes, ranges, lists, and the promised errors."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+from dataset import DATASETS, NORMALIZE, build_dataset
+from dataset.make_lists import make_list
+from dataset.synthetic import generate
+from dataset.transforms import EvalTransform, TrainTransform
+from utils.errors import DatasetError
+
+SPLITS = {"gta5": "train", "cityscapes": "val", "bdd": "val"}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    generate(out, num_train=4, num_val=3, size=(64, 32), seed=0)
+    return out
+
+
+@pytest.fixture
+def copy(root, tmp_path):
+    """A private copy of one domain, for tests that break files."""
+    def make(name: str):
+        shutil.copytree(root / name, tmp_path / name)
+        return tmp_path / name
+    return make
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_each_layout_loads_normalised_images_and_train_id_labels(root, name):
+    ds = build_dataset(name, root / name, SPLITS[name], size=(48, 24))
+    assert len(ds) in (3, 4)
+    item = ds[0]
+    assert item["image"].shape == (3, 24, 48) and item["image"].dtype == torch.float32
+    assert item["label"].shape == (24, 48) and item["label"].dtype == torch.int64
+    values = set(item["label"].unique().tolist())
+    assert values <= set(range(19)) | {255} and len(values - {255}) >= 3
+    assert -3.0 < item["image"].min() < item["image"].max() < 3.0  # ImageNet-normalised range
+    assert item["name"] == ds.files[0] and ds.image_path(0).is_file() and ds.label_path(0).is_file()
+
+
+def test_full_label_size_keeps_the_file_resolution(root):
+    ds = build_dataset("cityscapes", root / "cityscapes", "val", size=(32, 16), label_size="full")
+    item = ds[0]
+    assert item["image"].shape == (3, 16, 32) and item["label"].shape == (32, 64)
+
+
+def test_without_labels_items_have_no_label_and_labels_may_be_missing(copy):
+    folder = copy("bdd")
+    shutil.rmtree(folder / "labels")
+    item = build_dataset("bdd", folder, "val", size=(32, 16), labels=False)[0]
+    assert "label" not in item and item["image"].shape == (3, 16, 32)
+
+
+def test_max_iters_repeats_the_list_to_cover_the_iterations(root):
+    ds = build_dataset("cityscapes", root / "cityscapes", "val", size=(32, 16), max_iters=10)
+    assert len(ds) == 12 and ds.files[:3] == ds.files[3:6]
+
+
+def test_normalize_is_the_same_object_in_train_and_eval(root):
+    train = build_dataset("gta5", root / "gta5", "train", size=(32, 16), random_mirror=True, random_scale=True)
+    val = build_dataset("cityscapes", root / "cityscapes", "val", size=(32, 16))
+    assert isinstance(train.transform, TrainTransform) and isinstance(val.transform, EvalTransform)
+    assert train.transform.normalize is NORMALIZE and val.transform.normalize is NORMALIZE
+
+
+def test_make_lists_writes_sorted_relative_paths_and_the_list_loads(root, tmp_path):
+    out = tmp_path / "val.txt"
+    count = make_list("cityscapes", root / "cityscapes", "val", out)
+    lines = out.read_text().splitlines()
+    assert count == len(lines) == 3 and lines == sorted(lines)
+    assert all(line.startswith("leftImg8bit/val/") for line in lines)
+    ds = build_dataset("cityscapes", root / "cityscapes", "val", list_path=out, size=(32, 16))
+    assert ds.files == lines
+
+
+def test_a_user_list_relative_to_the_split_folder_works(root, tmp_path):
+    scanned = build_dataset("cityscapes", root / "cityscapes", "val", size=(32, 16)).files
+    user = tmp_path / "mine.txt"
+    user.write_text("# my list\n" + "\n".join(f.split("/", 2)[2] for f in scanned[::-1][:2]) + "\n\n")
+    ds = build_dataset("cityscapes", root / "cityscapes", "val", list_path=user, size=(32, 16))
+    assert ds.files == scanned[::-1][:2]
+
+
+def test_missing_root_names_it_and_the_expected_layout(tmp_path):
+    with pytest.raises(DatasetError, match=r"cityscapes dataset root .*nowhere does not exist .*leftImg8bit"):
+        build_dataset("cityscapes", tmp_path / "nowhere", "val")
+
+
+def test_missing_split_folder_is_reported(root):
+    with pytest.raises(DatasetError, match=r"bdd split folder .*images/test does not exist"):
+        build_dataset("bdd", root / "bdd", "test")
+
+
+def test_missing_label_reports_count_and_first_path(copy):
+    folder = copy("gta5")
+    (folder / "labels" / "00002.png").unlink()
+    with pytest.raises(DatasetError, match=r"1 of 4 listed gta5 labels are missing .*first: labels/00002\.png"):
+        build_dataset("gta5", folder, "train")
+
+
+def test_empty_list_is_reported(root, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    with pytest.raises(DatasetError, match=r"list file .*empty\.txt is empty"):
+        build_dataset("gta5", root / "gta5", "train", list_path=empty)
+
+
+def test_listed_image_that_does_not_exist_is_reported(root, tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("images/99999.png\n")
+    with pytest.raises(DatasetError, match=r"1 of 1 listed gta5 images are missing .*images/99999\.png"):
+        build_dataset("gta5", root / "gta5", "train", list_path=bad)
+
+
+def test_corrupt_png_names_the_file(copy):
+    folder = copy("gta5")
+    (folder / "images" / "00001.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    ds = build_dataset("gta5", folder, "train", size=(32, 16))
+    with pytest.raises(DatasetError, match=r"cannot read image .*00001\.png: corrupt"):
+        ds[0]
+
+
+def test_image_and_label_of_different_sizes_are_reported(copy):
+    folder = copy("bdd")
+    ds = build_dataset("bdd", folder, "val", size=(32, 16))
+    Image.new("L", (10, 10)).save(ds.label_path(0))
+    with pytest.raises(DatasetError, match=r"image .*\.jpg is 64x36 but its label .*_train_id\.png is 10x10"):
+        ds[0]
+
+
+def test_unknown_dataset_name_lists_the_known_ones(root):
+    with pytest.raises(DatasetError, match="gta5, cityscapes, bdd"):
+        build_dataset("kitti", root, "train")
