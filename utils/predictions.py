@@ -137,6 +137,7 @@ class PredictionWriter:
         self.color = color
         self.overlays = overlays
         self.entries: list[dict] = []
+        self._stems: set[str] = set()
 
     @property
     def result_dir(self) -> Path | None:
@@ -156,6 +157,10 @@ class PredictionWriter:
         """Write the files for image `name` (result PNG, colour, overlay when `image` is given); returns their paths."""
         ids = _as_array(train_ids)
         stem = self.display_stem(name)
+        if stem in self._stems:
+            # e.g. a.png and a.jpg in one folder: the second would silently overwrite the first
+            raise DatasetError(f"two inputs map to the same output name {stem!r} (last: {name!r}); rename one")
+        self._stems.add(stem)
         entry: dict = {"name": name, **extra}
         if self.dataset is not None:
             path = self.result_dir / result_name(name, self.dataset)
