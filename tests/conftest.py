@@ -1,0 +1,33 @@
+"""Shared fixtures: a tiny synthetic benchmark generated once per test session, and tiny-run flags."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_script(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `python <args>` from the repository root and capture its output."""
+    return subprocess.run([sys.executable, *args], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """A tiny synthetic benchmark (gta5/, cityscapes/, bdd/ in the real layouts), made once."""
+    root = tmp_path_factory.mktemp("synthetic")
+    result = run_script("-m", "dataset.synthetic", "--out", str(root), "--num-train", "8", "--num-val", "4",
+                        "--size", "64,32", "--seed", "0")
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+def tiny_train_args(root: Path, out: Path, *, source: str = "gta5", steps: int = 4) -> list[str]:
+    """Flags for a few-step CPU training run at 64x32 on the synthetic benchmark."""
+    return ["--source", source, "--data-dir", str(root / source), "--data-dir-target", str(root / "cityscapes"),
+            "--input-size", "64,32", "--input-size-target", "64,32", "--eval-size", "64,32", "--batch-size", "2",
+            "--num-workers", "0", "--num-steps", str(steps), "--pretrained", "none", "--save-pred-every", "2",
+            "--log-every", "1", "--no-progress", "--device", "cpu", "--snapshot-dir", str(out)]

@@ -1,0 +1,129 @@
+"""The three training scripts on the shared engine, end to end on the tiny synthetic benchmark."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import train_gta2cs_multi_drnd22 as student_script
+import train_gta2cs_multi_drnd38 as teacher_script
+import train_gta2cs_ts_multi as distill_script
+from model import build_seg_model, save_final
+from tests.conftest import run_script, tiny_train_args
+from utils.logger import read_log
+
+
+def _terms(folder: Path, phase: str | None = None) -> set[str]:
+    keys = set()
+    for rec in read_log(folder / "log.jsonl"):
+        if phase is None or rec.get("phase") == phase:
+            keys |= set(rec) - {"step", "time", "phase"}
+    return keys
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tmp_path_factory) -> Path:
+    """An (untrained) DRN-D-38 teacher in final.pth form."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teacher") / "final.pth"
+    save_final(path, build_seg_model("drn_d_38"))
+    return path
+
+
+@pytest.mark.parametrize("script, extra", [
+    ("train_gta2cs_multi_drnd38.py", []),
+    ("train_gta2cs_multi_drnd22.py", []),
+    ("train_gta2cs_ts_multi.py", ["--paradigm", "both"]),
+])
+def test_each_script_runs_end_to_end_and_writes_its_files(script, extra, synthetic_root, tmp_path, teacher_ckpt):
+    if script == "train_gta2cs_ts_multi.py":
+        extra = [*extra, "--teacher", str(teacher_ckpt)]
+    out = tmp_path / "run"
+    result = run_script(script, *tiny_train_args(synthetic_root, out, steps=2), *extra)
+    assert result.returncode == 0, result.stderr
+    for name in ("last.pth", "final.pth", "log.jsonl", "config.json"):
+        assert (out / name).is_file(), name
+    final = torch.load(out / "final.pth", weights_only=True)
+    expected_arch = "drn_d_38" if "drnd38" in script else "drn_d_22"
+    assert final["arch"] == expected_arch
+    assert final["aux_layer"] == (7 if expected_arch == "drn_d_38" else 6)
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert config["script"] == script
+    assert [r["step"] for r in read_log(out / "log.jsonl")] == [1, 2]
+
+
+def test_resume_continues_at_the_saved_step(synthetic_root, tmp_path):
+    out = tmp_path / "run"
+    args = tiny_train_args(synthetic_root, out, steps=4)
+    assert student_script.main([*args, "--num-steps-stop", "2"]) == 0
+    assert torch.load(out / "last.pth", weights_only=True)["step"] == 2
+    assert student_script.main([*args, "--resume", str(out / "last.pth")]) == 0
+    assert [r["step"] for r in read_log(out / "log.jsonl")] == [1, 2, 3, 4]
+    assert torch.load(out / "last.pth", weights_only=True)["step"] == 4
+
+
+def test_teacher_weights_are_bit_identical_after_distillation(synthetic_root, tmp_path, teacher_ckpt):
+    before = hashlib.sha256(teacher_ckpt.read_bytes()).hexdigest()
+    weights_before = torch.load(teacher_ckpt, weights_only=True)["state_dict"]
+    out = tmp_path / "run"
+    args = [*tiny_train_args(synthetic_root, out, steps=2), "--teacher", str(teacher_ckpt), "--paradigm", "both"]
+    assert distill_script.main(args) == 0
+    assert hashlib.sha256(teacher_ckpt.read_bytes()).hexdigest() == before
+    student = torch.load(out / "final.pth", weights_only=True)["state_dict"]
+    assert student.keys() != weights_before.keys() or any(
+        not torch.equal(student[k], weights_before[k]) for k in student)
+
+
+@pytest.mark.parametrize("paradigm, has_src, has_tgt", [
+    ("source", True, False), ("target", False, True), ("both", True, True)])
+def test_each_paradigm_switches_exactly_its_loss_terms(paradigm, has_src, has_tgt, synthetic_root, tmp_path,
+                                                       teacher_ckpt):
+    out = tmp_path / "run"
+    args = [*tiny_train_args(synthetic_root, out, steps=1), "--teacher", str(teacher_ckpt), "--paradigm", paradigm]
+    assert distill_script.main(args) == 0
+    terms = _terms(out)
+    assert {"seg_main", "seg_aux", "adv_aux", "adv_main", "d_aux", "d_main"} <= terms
+    assert ({"kl_src", "mse_src", "pseudo_src"} <= terms) is has_src
+    assert bool({"kl_src", "mse_src", "pseudo_src"} & terms) is has_src
+    assert ({"kl_tgt", "mse_tgt", "pseudo_tgt"} <= terms) is has_tgt
+    assert bool({"kl_tgt", "mse_tgt", "pseudo_tgt"} & terms) is has_tgt
+
+
+def test_sequential_runs_both_then_target_only(synthetic_root, tmp_path, teacher_ckpt):
+    out = tmp_path / "run"
+    args = [*tiny_train_args(synthetic_root, out, steps=2), "--teacher", str(teacher_ckpt),
+            "--paradigm", "sequential", "--num-steps-target", "2"]
+    assert distill_script.main(args) == 0
+    phases = [r["phase"] for r in read_log(out / "log.jsonl")]
+    assert phases == ["both", "both", "target", "target"]
+    assert {"kl_src", "kl_tgt"} <= _terms(out, "both")
+    assert "kl_src" not in _terms(out, "target") and "kl_tgt" in _terms(out, "target")
+    assert (out / "both_phase_final.pth").is_file() and (out / "final.pth").is_file()
+
+
+def test_source_only_run_has_no_adversarial_terms(synthetic_root, tmp_path):
+    out = tmp_path / "run"
+    args = [*tiny_train_args(synthetic_root, out, steps=1), "--lambda-adv-target1", "0", "--lambda-adv-target2", "0"]
+    assert student_script.main(args) == 0
+    assert _terms(out) == {"seg_main", "seg_aux", "total", "lr", "lr_D"}
+
+
+def test_bdd_source_and_bf16_autocast_run_on_cpu(synthetic_root, tmp_path):
+    out = tmp_path / "run"
+    args = [*tiny_train_args(synthetic_root, out, source="bdd", steps=1), "--amp", "bf16"]
+    assert teacher_script.main(args) == 0
+    record = read_log(out / "log.jsonl")[-1]
+    assert all(isinstance(record[k], float) for k in ("seg_main", "adv_main", "d_main"))
+
+
+def test_validation_while_training_logs_miou(synthetic_root, tmp_path):
+    out = tmp_path / "run"
+    args = [*tiny_train_args(synthetic_root, out, steps=2), "--eval-every", "2", "--eval-limit", "2",
+            "--keep-best"]
+    assert student_script.main(args) == 0
+    values = [r["val/mIoU"] for r in read_log(out / "log.jsonl") if "val/mIoU" in r]
+    assert len(values) == 1 and 0.0 <= values[0] <= 1.0
+    assert (out / "best.pth").is_file()
