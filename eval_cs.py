@@ -193,6 +193,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     loader = DataLoader(subset, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers,
                         collate_fn=eval_collate, pin_memory=device.type == "cuda")
     writer = PredictionWriter(args.save_pred, args.dataset) if args.save_pred else None
+    if writer and args.label_size == "input":
+        print("eval_cs.py: note: --label-size input saves predictions at the input size; the official "
+              "evaluator needs them at the label's full size (the default --label-size full)", file=sys.stderr)
     on_batch = make_saver(dataset, writer) if writer else None
     result = evaluate(net, loader, device, num_classes=NUM_CLASSES, label_size=args.label_size, flip=args.flip,
                       scales=args.scales, amp=args.amp, on_batch=on_batch, progress=not args.no_progress)

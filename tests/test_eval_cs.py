@@ -51,10 +51,17 @@ def run_eval(checkpoint: Path, root: Path, *extra: str) -> dict:
                          "--num-workers", "0", "--device", "cpu", "--no-progress", *extra])
 
 
-def test_json_has_the_keys_and_scores_in_unit_range(checkpoint, synthetic_root, tmp_path, capsys):
-    out = tmp_path / "eval.json"
-    run_eval(checkpoint, synthetic_root / "cityscapes", "--json", str(out), "--batch-size", "2")
-    data = json.loads(out.read_text())
+@pytest.fixture(scope="module")
+def full_run(checkpoint, synthetic_root, tmp_path_factory) -> dict:
+    """One default-protocol evaluation writing JSON, CSV and predictions, shared by several tests."""
+    out = tmp_path_factory.mktemp("eval")
+    summary = run_eval(checkpoint, synthetic_root / "cityscapes", "--batch-size", "3", "--json", str(out / "eval.json"),
+                       "--csv", str(out / "eval.csv"), "--save-pred", str(out / "pred"))
+    return {"summary": summary, "out": out, "root": synthetic_root / "cityscapes"}
+
+
+def test_json_has_the_keys_and_scores_in_unit_range(full_run):
+    data = json.loads((full_run["out"] / "eval.json").read_text())
     for key in ("mIoU", "pixel_acc", "mean_acc", "per_class", "per_class_acc", "images_per_s", "num_images",
                 "checkpoint", "protocol", "confusion"):
         assert key in data, key
@@ -65,6 +72,10 @@ def test_json_has_the_keys_and_scores_in_unit_range(checkpoint, synthetic_root, 
     assert data["num_images"] == 4 and data["images_per_s"] > 0
     assert data["protocol"]["label_size"] == "full"
     assert np.asarray(data["confusion"]).sum() == data["num_pixels"]
+
+
+def test_table_is_printed(checkpoint, synthetic_root, capsys):
+    run_eval(checkpoint, synthetic_root / "cityscapes", "--limit", "1")
     printed = capsys.readouterr().out
     assert "mIoU" in printed and "road" in printed and "images/s" in printed
 
@@ -84,17 +95,13 @@ def test_tta_and_limit(checkpoint, synthetic_root):
     assert out["protocol"]["flip"] is True and out["protocol"]["scales"] == [0.75, 1.0]
 
 
-def test_csv_has_a_row_per_class(checkpoint, synthetic_root, tmp_path):
-    out = tmp_path / "eval.csv"
-    run_eval(checkpoint, synthetic_root / "cityscapes", "--csv", str(out))
-    rows = list(csv.DictReader(out.open()))
+def test_csv_has_a_row_per_class(full_run):
+    rows = list(csv.DictReader((full_run["out"] / "eval.csv").open()))
     assert [r["class"] for r in rows] == [*CLASSES, "mean"]
 
 
-def test_saved_predictions_are_label_ids_with_official_names(checkpoint, synthetic_root, tmp_path):
-    root = synthetic_root / "cityscapes"
-    pred = tmp_path / "pred"
-    run_eval(checkpoint, root, "--save-pred", str(pred), "--batch-size", "3")
+def test_saved_predictions_are_label_ids_with_official_names(full_run):
+    root, pred = full_run["root"], full_run["out"] / "pred"
     gts = sorted((root / "gtFine" / "val").glob("*/*_gtFine_labelIds.png"))
     results = sorted((pred / "labelIds").rglob("*.png"))
     assert len(results) == len(gts) == 4
@@ -115,16 +122,14 @@ def test_saved_predictions_are_label_ids_with_official_names(checkpoint, synthet
     assert manifest["dataset"] == "cityscapes" and len(manifest["items"]) == 4
 
 
-def test_official_evaluator_agrees_on_saved_predictions(checkpoint, synthetic_root, tmp_path):
+def test_official_evaluator_agrees_on_saved_predictions(full_run):
     ev = pytest.importorskip("cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling",
                              reason="cityscapesscripts is not installed (pip install cityscapesscripts)")
-    root = synthetic_root / "cityscapes"
-    pred = tmp_path / "pred"
-    ours = run_eval(checkpoint, root, "--save-pred", str(pred))
+    root, ours = full_run["root"], full_run["summary"]
     args = ev.args
     # instance-level scores need *_instanceIds.png (absent here) and np.in1d (gone in NumPy 2): off
     args.evalInstLevelScore, args.JSONOutput, args.quiet = False, False, True
-    args.predictionPath, args.predictionWalk = str(pred / "labelIds"), None
+    args.predictionPath, args.predictionWalk = str(full_run["out"] / "pred" / "labelIds"), None
     gts = sorted(str(p) for p in (root / "gtFine" / "val").glob("*/*_gtFine_labelIds.png"))
     official = ev.evaluateImgLists([ev.getPrediction(args, g) for g in gts], gts, args)
     assert official["averageScoreClasses"] == pytest.approx(ours["mIoU"], abs=1e-9)
