@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -17,7 +18,10 @@ _SHOW_MISSING = 3  # how many missing paths an error message lists
 
 def apply_lut(raw: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
     """Map a uint8 label map through a 256-entry uint8 table in one vectorised lookup."""
-    # index_select is several times faster than advanced indexing (lut[raw.long()]) on CPU
+    if raw.device.type == "cpu" and lut.device.type == "cpu":
+        # NumPy's take on uint8 indices is ~20x faster than index_select, which first widens every
+        # pixel to int64 (measured by benchmark.py: the per-id loop is barely slower than that)
+        return torch.from_numpy(np.take(lut.numpy(), raw.numpy()))
     return lut.index_select(0, raw.reshape(-1).long()).view(raw.shape)
 
 

@@ -25,6 +25,7 @@ from utils.runtime import (
     DistInfo,
     barrier,
     init_distributed,
+    is_main_process,
     rng_state,
     seed_everything,
     set_rng_state,
@@ -145,6 +146,9 @@ def _wrap_ddp(cfg: TrainConfig, info: DistInfo, device: torch.device, net: nn.Mo
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     if cfg.sync_bn:
+        if device.type != "cuda":  # torch's SyncBatchNorm refuses CPU tensors at the first forward
+            raise ConfigError("--sync-bn needs CUDA devices (torch's SyncBatchNorm has no CPU kernel); "
+                              "drop it for a CPU/gloo run")
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     ids = [device.index] if device.type == "cuda" else None
     net = DDP(net, device_ids=ids)
@@ -384,7 +388,9 @@ def run_training(cfg: TrainConfig) -> int:
     try:
         folder = train(cfg)
     except Interrupted as stop:
-        print(f"{cfg.script}: {stop}; continue with --resume {stop.args[0].split(' to ')[-1]}")
+        if is_main_process():
+            print(f"{cfg.script}: {stop}; continue with --resume {stop.args[0].split(' to ')[-1]}")
         return stop.exit_code
-    print(f"{cfg.script}: done; weights in {folder / 'final.pth'}, resumable state in {folder / 'last.pth'}")
+    if is_main_process():  # one line per run, not one per torchrun worker
+        print(f"{cfg.script}: done; weights in {folder / 'final.pth'}, resumable state in {folder / 'last.pth'}")
     return 0

@@ -116,6 +116,11 @@ def init_distributed(device_name: str = "auto") -> tuple[DistInfo, torch.device]
     return DistInfo(rank, world_size, local_rank), device
 
 
+def is_main_process() -> bool:
+    """True unless torchrun started this process with a RANK other than 0 (usable before and after the group)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def barrier(info: DistInfo) -> None:
     """Wait for every process (no-op in a single-process run)."""
     if info.enabled and dist.is_initialized():

@@ -123,6 +123,10 @@ class TrainStep:
     def _teacher(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._forward(self.teacher, images)
 
+    def _distillation_terms(self, student, teacher, w: LossWeights) -> dict[str, torch.Tensor]:
+        # a method so that benchmark.py's old-way reproduction (utils/oldway.py) can swap the terms
+        return distillation_terms(student, teacher, w)
+
     def _discriminate(self, disc: nn.Module, log_probs: torch.Tensor) -> torch.Tensor:
         with autocast(self.device, self.amp):
             return disc(log_probs.exp()).float()
@@ -157,7 +161,7 @@ class TrainStep:
                 add("seg_main", seg_main)
                 add("seg_aux", seg_aux)
                 if w.distill_source:
-                    terms = distillation_terms(pred_s, self._teacher(images), w)
+                    terms = self._distillation_terms(pred_s, self._teacher(images), w)
                     loss = loss + weighted_distillation(terms, w)
                     for k, v in terms.items():
                         add(f"{k}_src", v)
@@ -175,7 +179,7 @@ class TrainStep:
                         loss = loss + lam * adv
                         add(f"adv_{level}", adv)
                 if w.distill_target:
-                    terms = distillation_terms(pred_t, self._teacher(images_t), w)
+                    terms = self._distillation_terms(pred_t, self._teacher(images_t), w)
                     loss = loss + w.lambda_target * weighted_distillation(terms, w)
                     for k, v in terms.items():
                         add(f"{k}_tgt", v)

@@ -1,0 +1,311 @@
+"""Speed figures of this implementation beside the old code's way, measured in one run.
+
+    python benchmark.py [--size 512,256] [--batch-size 2] [--repeats 5] [--json OUT] [--quick]
+
+Every figure is min / median over `--repeats` timed runs (after one warm-up). Rows:
+training steps (adaptation, distillation) ours vs the old way (the defect reproductions of
+utils/oldway.py: teacher in train mode, pseudo labels through NumPy, element-mean KL on log-prob
+targets), data-loader throughput per layout, label remapping LUT vs one pass per id, the evaluation
+pipeline ours vs the old two-pass NumPy one, teacher vs student inference (latency, parameters,
+GFLOPs, peak memory) and fp32 vs bf16 autocast (fp16 too on CUDA). Data: the synthetic benchmark,
+generated into a temporary folder (frames at twice --size, like Cityscapes' 2048x1024 for a 1024x512
+input) unless --data-dir points at one.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+
+from dataset import build_dataset
+from dataset.base import apply_lut
+from dataset.benchmark_loader import loader_throughput
+from dataset.decode import read_label
+from model import Discriminator, build_seg_model, count_parameters
+from utils.cli import ArgumentParser, non_negative_int, positive_int, run_cli, size_arg
+from utils.evaluate import eval_collate, evaluate
+from utils.oldway import OldWayStep, old_eval_pipeline, old_remap
+from utils.runtime import autocast, resolve_device
+from utils.steps import LossWeights, TrainStep
+
+SIZE = (512, 256)            # (w, h) of training and evaluation inputs
+BATCH_SIZE = 2
+REPEATS = 5
+NUM_TRAIN, NUM_VAL = 12, 6   # synthetic frames per domain (train) and for cityscapes/bdd (val)
+WARMUP = 1                   # untimed runs before each figure
+QUICK = {"size": (64, 32), "batch_size": 1, "repeats": 1, "warmup": 0, "num_train": 2, "num_val": 2}
+STUDENT, TEACHER = "drn_d_22", "drn_d_38"
+LAYOUTS = ("gta5", "cityscapes", "bdd")
+SEED = 0
+
+
+class Table:
+    """Rows of (name, min, median, unit, note), printed aligned and dumped as JSON."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    def add(self, name: str, values: Sequence[float] | float, unit: str, note: str = "") -> dict:
+        """Add a row from its measured values (one or several); return it."""
+        values = [float(values)] if isinstance(values, (int, float)) else [float(v) for v in values]
+        row = {"name": name, "min": min(values), "median": statistics.median(values), "unit": unit,
+               "note": note, "values": values}
+        self.rows.append(row)
+        print(f"{name:42s} {row['min']:10.4g} {row['median']:10.4g}  {unit:10s} {note}", flush=True)
+        return row
+
+
+def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
+    """Wall-clock seconds of `repeats` calls of `fn` after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def ratio(slow: dict, fast: dict) -> list[float]:
+    """Speed-up of `fast` over `slow` (seconds rows): median ratio and min ratio."""
+    return [slow["median"] / fast["median"], slow["min"] / fast["min"]]
+
+
+# --- data ------------------------------------------------------------------------------------------
+def make_data(out: Path, size: tuple[int, int], num_train: int, num_val: int) -> Path:
+    """Generate the synthetic benchmark with frames at twice `size`; return its root."""
+    from dataset.synthetic import generate
+
+    generate(out, num_train, num_val, (size[0] * 2, size[1] * 2), SEED, list(LAYOUTS))
+    return out
+
+
+def batches(root: Path, name: str, size, batch_size: int, count: int, labels: bool) -> list[dict]:
+    """`count` ready batches of a layout (loaded once, so step timings exclude loading)."""
+    split = "train"
+    dataset = build_dataset(name, root / name, split, size=size, labels=labels)
+    out = []
+    for b in range(count):
+        items = [dataset[(b * batch_size + i) % len(dataset)] for i in range(batch_size)]
+        batch = {"image": torch.stack([it["image"] for it in items])}
+        if labels:
+            batch["label"] = torch.stack([it["label"] for it in items])
+        out.append(batch)
+    return out
+
+
+# --- training steps --------------------------------------------------------------------------------
+def make_step(cls, device, distill: bool, amp: str = "off", channels_last: bool = False):
+    """A fresh student, D1, D2 (and teacher) with their optimizers inside a step of class `cls`."""
+    torch.manual_seed(SEED)
+    net = build_seg_model(STUDENT).to(device)
+    discs = (Discriminator().to(device), Discriminator().to(device))
+    teacher = build_seg_model(TEACHER).to(device) if distill else None
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        teacher = teacher.to(memory_format=torch.channels_last) if teacher is not None else None
+    opt = torch.optim.SGD(net.parameters(), lr=2.5e-4, momentum=0.9, weight_decay=5e-4)
+    d_opts = tuple(torch.optim.Adam(d.parameters(), lr=1e-4, betas=(0.9, 0.99)) for d in discs)
+    weights = LossWeights(distill_source=distill, distill_target=distill)
+    return cls(net, discs, opt, d_opts, weights, device, amp=amp, teacher=teacher, channels_last=channels_last)
+
+
+def step_times(step, sources, targets, repeats: int, warmup: int = 1) -> list[float]:
+    """Seconds per full optimisation step (forward, backward, optimizer steps)."""
+    state = {"i": 0}
+
+    def one() -> None:
+        i = state["i"] % len(sources)
+        state["i"] += 1
+        losses = step([sources[i]], [targets[i]])
+        step.apply()
+        # the old way logs every term through the host every step; ours checks finiteness once
+        if isinstance(step, OldWayStep):
+            [float(v) for v in losses.values()]
+        else:
+            torch.isfinite(torch.stack([v.reshape(()) for v in losses.values()])).all().item()
+
+    return timed(one, repeats, warmup)
+
+
+def bench_steps(table: Table, args, device, sources, targets) -> None:
+    """Adaptation and distillation step time, ours vs the old way, and ours with bf16 autocast."""
+    rows = {}
+    for kind, distill in (("adapt", False), ("distill", True)):
+        for way, cls in (("ours", TrainStep), ("old way", OldWayStep)):
+            step = make_step(cls, device, distill)
+            times = step_times(step, sources, targets, args.repeats, args.warmup)
+            note = f"batch {args.batch_size} at {args.size[0]}x{args.size[1]}"
+            rows[kind, way] = table.add(f"{kind} step ({way})", times, "s/step", note)
+            del step
+        table.add(f"{kind} step speed-up", ratio(rows[kind, "old way"], rows[kind, "ours"]), "x",
+                  "old way / ours (median, min)")
+    for amp in amp_modes(device)[1:]:
+        step = make_step(TrainStep, device, True, amp=amp)
+        table.add(f"distill step (ours, {amp} autocast)", step_times(step, sources, targets, args.repeats, args.warmup),
+                  "s/step")
+    step = make_step(TrainStep, device, True, channels_last=True)
+    times = step_times(step, sources, targets, args.repeats, args.warmup)
+    table.add("distill step (ours, channels_last)", times, "s/step")
+
+
+# --- data loading ----------------------------------------------------------------------------------
+def bench_loading(table: Table, args, root: Path) -> None:
+    """Loader images/s per layout, and labels/s of the LUT remap vs the old per-id loop."""
+    for name in LAYOUTS:
+        dataset = build_dataset(name, root / name, "train", size=args.size)
+        rates = [loader_throughput(dataset, len(dataset), 0) for _ in range(args.repeats)]
+        table.add(f"loader {name}", rates, "images/s", "decode + resize + LUT, 0 workers")
+        raws = [read_label(dataset.label_path(i)) for i in range(len(dataset))]
+        lut = torch.from_numpy(dataset.layout.lut)
+        arrays = [r.numpy() for r in raws]
+        fast = timed(lambda raws=raws, lut=lut: [apply_lut(r, lut) for r in raws], args.repeats, args.warmup)
+        slow = timed(lambda arrays=arrays, table=dataset.layout.lut: [old_remap(a, table) for a in arrays],
+                     args.repeats, args.warmup)
+        n = len(raws)
+        h, w = raws[0].shape
+        fast_row = table.add(f"label remap {name} (LUT)", [n / t for t in fast], "labels/s", f"{w}x{h}")
+        slow_row = table.add(f"label remap {name} (old per-id)", [n / t for t in slow], "labels/s", f"{w}x{h}")
+        table.add(f"label remap {name} speed-up", [fast_row["median"] / slow_row["median"],
+                                                   fast_row["min"] / slow_row["min"]], "x")
+
+
+# --- evaluation ------------------------------------------------------------------------------------
+def bench_eval(table: Table, args, root: Path, device) -> None:
+    """Images/s of the whole evaluation (loading, forward, metrics), ours vs the old pipeline."""
+    dataset = build_dataset("cityscapes", root / "cityscapes", "val", size=args.size, label_size="full")
+    torch.manual_seed(SEED)
+    net = build_seg_model(STUDENT).to(device).eval()
+
+    def ours() -> None:
+        loader = DataLoader(dataset, batch_size=1, collate_fn=eval_collate, num_workers=0)
+        evaluate(net, loader, device, progress=False)
+
+    fast_times = timed(ours, args.repeats, args.warmup)
+    fast = table.add("eval pipeline (ours)", [len(dataset) / t for t in fast_times], "images/s",
+                     f"{len(dataset)} images, labels at full size")
+    slow_times = timed(lambda: old_eval_pipeline(net, dataset, len(dataset)), args.repeats, args.warmup)
+    slow = table.add("eval pipeline (old way)", [len(dataset) / t for t in slow_times], "images/s",
+                     "NumPy arg-max, PNGs, per-id remap, fast_hist")
+    table.add("eval pipeline speed-up", [fast["median"] / slow["median"], fast["min"] / slow["min"]], "x")
+
+
+# --- inference -------------------------------------------------------------------------------------
+def amp_modes(device: torch.device) -> list[str]:
+    """Precisions worth measuring on `device`."""
+    return ["off", "bf16", "fp16"] if device.type == "cuda" else ["off", "bf16"]
+
+
+def _rss_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def peak_memory_mb(net, x: torch.Tensor, device: torch.device) -> tuple[float, str]:
+    """Peak memory one inference adds over the resident model: CUDA allocator peak, or on Linux the
+    growth of the peak RSS (VmHWM, reset through /proc/self/clear_refs) over the RSS before it."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        with torch.inference_mode():
+            net(x)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20, "CUDA allocator peak over weights"
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    except OSError:
+        return float("nan"), "unavailable (needs Linux /proc)"
+    base = _rss_kb("VmRSS")
+    with torch.inference_mode():
+        net(x)
+    return (_rss_kb("VmHWM") - base) / 1024.0, "peak RSS growth over weights"
+
+
+def bench_inference(table: Table, args, device) -> None:
+    """Teacher vs student: latency, parameters, GFLOPs, peak memory; fp32 vs reduced precision."""
+    w, h = args.size
+    x = torch.randn(args.batch_size, 3, h, w, device=device)
+    for role, arch in (("student", STUDENT), ("teacher", TEACHER)):
+        torch.manual_seed(SEED)
+        net = build_seg_model(arch).to(device).eval()
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            net(x[:1])
+        gflops = counter.get_total_flops() / 1e9
+        for amp in amp_modes(device):
+            def infer(net=net, amp=amp) -> None:
+                with torch.inference_mode(), autocast(device, amp):
+                    net(x)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+
+            label = "fp32" if amp == "off" else f"{amp} autocast"
+            table.add(f"infer {role} {arch} ({label})", timed(infer, args.repeats, args.warmup), "s/batch",
+                      f"batch {args.batch_size} at {w}x{h}")
+        table.add(f"params {role} {arch}", count_parameters(net) / 1e6, "M")
+        table.add(f"GFLOPs {role} {arch}", gflops, "GFLOP", f"one {w}x{h} image (FlopCounterMode)")
+        mb, how = peak_memory_mb(net, x, device)
+        table.add(f"peak memory {role} {arch}", mb, "MB", f"{how}, batch {args.batch_size}")
+
+
+# --- command line ----------------------------------------------------------------------------------
+def parse_args(argv: Sequence[str] | None):
+    """Flags over the constants above; --quick shrinks everything to a smoke run."""
+    parser = ArgumentParser(prog="benchmark.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=size_arg, default=SIZE, help="input W,H (default 512,256)")
+    parser.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE)
+    parser.add_argument("--repeats", type=positive_int, default=REPEATS, help="timed runs per figure")
+    parser.add_argument("--data-dir", help="a synthetic benchmark root (gta5/, cityscapes/, bdd/); "
+                                           "default: generate one in a temporary folder")
+    parser.add_argument("--warmup", type=non_negative_int, default=WARMUP, help="untimed runs per figure")
+    parser.add_argument("--num-train", type=non_negative_int, default=NUM_TRAIN)
+    parser.add_argument("--num-val", type=non_negative_int, default=NUM_VAL)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--quick", action="store_true", help="tiny size, one repeat: a smoke run")
+    args = parser.parse_args(argv)
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Measure everything and print the table (and write --json)."""
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    torch.manual_seed(SEED)
+    print(f"benchmark: {args.size[0]}x{args.size[1]}, batch {args.batch_size}, {args.repeats} repeats, "
+          f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"{'row':42s} {'min':>10s} {'median':>10s}  unit")
+    table = Table()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.data_dir:
+            root = Path(args.data_dir)
+        else:
+            root = make_data(Path(tmp) / "synthetic", args.size, max(args.num_train, 2), max(args.num_val, 1))
+        count = 2
+        sources = batches(root, "gta5", args.size, args.batch_size, count, labels=True)
+        targets = batches(root, "cityscapes", args.size, args.batch_size, count, labels=False)
+        bench_steps(table, args, device, sources, targets)
+        bench_loading(table, args, root)
+        bench_eval(table, args, root, device)
+        bench_inference(table, args, device)
+    if args.json:
+        info = {"size": list(args.size), "batch_size": args.batch_size, "repeats": args.repeats,
+                "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads()}
+        Path(args.json).write_text(json.dumps({"config": info, "rows": table.rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

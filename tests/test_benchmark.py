@@ -1,0 +1,34 @@
+"""benchmark.py --quick: a smoke run that prints every row and writes the JSON."""
+from __future__ import annotations
+
+import json
+
+from tests.conftest import run_script
+
+ROWS = [
+    "adapt step (ours)", "adapt step (old way)", "adapt step speed-up",
+    "distill step (ours)", "distill step (old way)", "distill step speed-up",
+    "distill step (ours, bf16 autocast)", "distill step (ours, channels_last)",
+    *[f"{kind} {name}" for name in ("gta5", "cityscapes", "bdd") for kind in ("loader", "label remap")],
+    "eval pipeline (ours)", "eval pipeline (old way)", "eval pipeline speed-up",
+    *[f"{what} {role} {arch}" for role, arch in (("student", "drn_d_22"), ("teacher", "drn_d_38"))
+      for what in ("infer", "params", "GFLOPs", "peak memory")],
+]
+
+
+def test_quick_run_prints_every_row_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_script("benchmark.py", "--quick", "--json", str(out), timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for row in ROWS:
+        assert row in result.stdout, f"row {row!r} missing"
+    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
+    assert all(r["min"] <= r["median"] for r in rows.values())
+    assert 15.0 < rows["params student drn_d_22"]["median"] < rows["params teacher drn_d_38"]["median"]
+    assert rows["GFLOPs student drn_d_22"]["median"] < rows["GFLOPs teacher drn_d_38"]["median"]
+
+
+def test_bad_size_is_a_one_line_error():
+    result = run_script("benchmark.py", "--size", "512")
+    assert result.returncode == 2
+    assert "benchmark.py: error: argument --size" in result.stderr

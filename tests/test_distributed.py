@@ -1,0 +1,160 @@
+"""DDP on CPU: each training script under `torchrun --nproc_per_node 2` (gloo) at a tiny size.
+
+Equivalence rule checked here: a run on W ranks with --batch-size B equals a single process with
+--batch-size B --iter-size W (same global batch B x W x iter_size). Batch norm in train mode
+normalises over what one forward sees, so per-rank BN (W ranks x B) matches iter_size sub-batches
+of B exactly, and the comparison can be tight: parameters agree to float32 summation order
+(ATOL/RTOL below). BN running statistics are not compared with the single-process run (DDP keeps
+rank 0's, re-broadcast every forward; they take no part in a training step). With two listed images
+per domain, each epoch's permutation gives rank r the sample that sub-batch r gets in the single
+process, while the two ranks still see different images (so only gradient averaging keeps them
+identical).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO, tiny_train_args
+
+# float32 sums in another order (all-reduce vs accumulation); batch-norm backward at batch 1 on 8x4 maps
+# amplifies that to ~4e-6 on the first conv after two steps (measured), far below a step's own size
+ATOL, RTOL = 2e-5, 1e-3
+# Adam moves every element by up to ~lr_D whatever its gradient's size, so an element whose gradient is
+# ~0 can land anywhere within lr_D (measured: 6 of 19456 D2 weights off by 8e-5 for drnd38)
+ATOL_D = 1e-4
+SCRIPTS = {
+    "train_gta2cs_multi_drnd38.py": [],
+    "train_gta2cs_multi_drnd22.py": [],
+    "train_gta2cs_ts_multi.py": ["--paradigm", "both"],
+}
+
+# Runs a training script's main() and, afterwards, saves what this rank holds; records checkpoint writes.
+WRAPPER = """
+import os, sys, importlib
+sys.path.insert(0, {repo!r})
+import torch
+import utils.engine as engine
+from utils.steps import unwrap
+
+out, rank = {out!r}, os.environ.get("RANK", "0")
+held = {{}}
+wrap_ddp = engine._wrap_ddp
+
+def capture(cfg, info, device, net, discs):
+    net, discs = wrap_ddp(cfg, info, device, net, discs)
+    held.update(net=net, discs=discs)
+    return net, discs
+
+def spy(name):
+    real = getattr(engine, name)
+    def write(*args, **kwargs):
+        with open(os.path.join(out, "writes_rank" + rank + ".txt"), "a") as f:
+            f.write(name + "\\n")
+        return real(*args, **kwargs)
+    return write
+
+engine._wrap_ddp = capture
+engine.save_training_state, engine.save_final = spy("save_training_state"), spy("save_final")
+status = importlib.import_module({module!r}).main(sys.argv[1:])
+torch.save({{"net": unwrap(held["net"]).state_dict(), "d1": unwrap(held["discs"][0]).state_dict(),
+            "d2": unwrap(held["discs"][1]).state_dict()}}, os.path.join(out, "rank" + rank + ".pt"))
+sys.exit(status)
+"""
+
+
+def _list(root: Path, pattern: str, path: Path) -> Path:
+    files = sorted(str(p.relative_to(root)) for p in root.glob(pattern))[:2]
+    path.write_text("\n".join(files) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(synthetic_root, tmp_path_factory):
+    """Two-image lists per domain and a DRN-D-38 teacher checkpoint."""
+    from model import build_seg_model, save_final
+
+    tmp = tmp_path_factory.mktemp("ddp")
+    teacher = tmp / "teacher.pth"
+    torch.manual_seed(0)
+    save_final(teacher, build_seg_model("drn_d_38"))
+    lists = ["--data-list", str(_list(synthetic_root / "gta5", "images/*.png", tmp / "src.txt")),
+             "--data-list-target", str(_list(synthetic_root / "cityscapes", "leftImg8bit/train/*/*.png",
+                                             tmp / "tgt.txt"))]
+    return {"root": synthetic_root, "teacher": teacher, "lists": lists, "tmp": tmp}
+
+
+def _run(setup, script: str, name: str, nproc: int, extra: list[str]) -> tuple[Path, subprocess.CompletedProcess]:
+    if name in setup:  # one run serves several tests
+        return setup[name]
+    out = setup["tmp"] / name
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    wrapper = out / "wrapper.py"
+    wrapper.write_text(WRAPPER.format(repo=str(REPO), out=str(out), module=script.removesuffix(".py")))
+    args = [*tiny_train_args(setup["root"], out / "run", steps=2), *setup["lists"], *SCRIPTS[script], *extra]
+    if "ts" in script:
+        args += ["--teacher", str(setup["teacher"])]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    cmd = [*launcher, str(wrapper), *args] if nproc > 1 else [sys.executable, str(wrapper), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    setup[name] = out, result
+    return out, result
+
+
+def _params(state: dict) -> dict:
+    """Learnable tensors only (BN running statistics and counters left out)."""
+    return {k: v for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+
+
+@pytest.mark.parametrize("script", list(SCRIPTS))
+def test_two_ranks_agree_with_each_other_and_with_one_process(script, setup):
+    ddp, result = _run(setup, script, f"ddp_{script}", 2, ["--batch-size", "1"])
+    single, _ = _run(setup, script, f"single_{script}", 1, ["--batch-size", "1", "--iter-size", "2"])
+    ranks = [torch.load(ddp / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    reference = torch.load(single / "rank0.pt", weights_only=True)
+    for part in ("net", "d1", "d2"):
+        for key, value in _params(ranks[0][part]).items():
+            assert torch.equal(value, ranks[1][part][key]), f"{part}.{key} differs between ranks"
+            atol = ATOL if part == "net" else ATOL_D
+            torch.testing.assert_close(value, reference[part][key], atol=atol, rtol=RTOL,
+                                       msg=lambda m, k=key, p=part: f"{p}.{k} vs single process: {m}")
+    # rank 0 alone wrote checkpoints, logs and the closing line
+    assert (ddp / "writes_rank0.txt").read_text().split() == ["save_training_state", "save_final"]
+    assert not (ddp / "writes_rank1.txt").exists()
+    steps = [line for line in (ddp / "run" / "log.jsonl").read_text().splitlines() if '"step"' in line]
+    assert len(steps) == 2
+    assert result.stdout.count("done; weights in") == 1
+    saved = torch.load(ddp / "run" / "final.pth", weights_only=True)["state_dict"]
+    for key, value in ranks[0]["net"].items():
+        assert torch.equal(saved[key], value)
+
+
+def test_distributed_run_resumes_where_it_stopped(setup):
+    script = "train_gta2cs_multi_drnd22.py"
+    straight, _ = _run(setup, script, f"ddp_{script}", 2, ["--batch-size", "1"])
+    first, _ = _run(setup, script, "first", 2, ["--batch-size", "1", "--num-steps", "2", "--num-steps-stop", "1"])
+    resumed, _ = _run(setup, script, "resumed", 2, ["--batch-size", "1", "--resume", str(first / "run" / "last.pth")])
+    a = torch.load(straight / "rank0.pt", weights_only=True)
+    b = [torch.load(resumed / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for key, value in _params(a["net"]).items():
+        assert torch.equal(b[0]["net"][key], b[1]["net"][key])
+        torch.testing.assert_close(b[0]["net"][key], value, atol=ATOL, rtol=RTOL)
+
+
+def test_sync_bn_on_cpu_is_a_one_line_error():
+    from utils.config import TrainConfig
+    from utils.engine import _wrap_ddp
+    from utils.errors import ConfigError
+    from utils.runtime import DistInfo
+
+    with pytest.raises(ConfigError, match="--sync-bn needs CUDA"):
+        _wrap_ddp(TrainConfig(sync_bn=True), DistInfo(0, 2, 0), torch.device("cpu"), torch.nn.Linear(1, 1), ())
