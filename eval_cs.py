@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Subset
 
 from dataset import build_dataset
 from dataset.labels import CLASSES, NUM_CLASSES
-from utils.cli import ArgumentParser, non_negative_int, positive_int, run_cli, size_arg
+from utils.cli import ArgumentParser, check_output, non_negative_int, positive_int, run_cli, size_arg
 from utils.errors import ConfigError
 from utils.evaluate import LABEL_SIZES, eval_collate, evaluate, load_net
 from utils.predictions import PredictionWriter, write_text_atomic
@@ -78,7 +78,8 @@ def get_parser() -> ArgumentParser:
     p.add_argument("--save-pred", default=None, metavar="DIR",
                    help="write label-id PNGs (official format), colour maps and overlays to DIR")
     p.add_argument("--arch", default=None, help="architecture, only for checkpoints that do not name it")
-    p.add_argument("--allow-pickle", action="store_true", help="allow unpickling a trusted legacy checkpoint")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="UNSAFE: allow unpickling a trusted legacy checkpoint (runs code from the file)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p
@@ -180,6 +181,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = get_parser().parse_args(argv)
     _check_output(args.json, "--json")
     _check_output(args.csv, "--csv")
+    for path, flag in ((args.json, "--json"), (args.csv, "--csv"), (args.save_pred, "--save-pred")):
+        if path:
+            check_output(path, flag, folder=flag == "--save-pred")
     device = resolve_device(args.device)
     args.device = device
     dataset = build_dataset(args.dataset, args.data_dir, args.split, list_path=args.data_list,

@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from model import ARCHS, build_seg_model, count_parameters
-from utils.cli import ArgumentParser, positive_int, run_cli, size_arg
+from utils.cli import ArgumentParser, check_output, positive_int, run_cli, size_arg
 from utils.errors import ConfigError
 from utils.evaluate import load_net
 from utils.predictions import write_text_atomic
@@ -64,7 +64,8 @@ def get_parser() -> ArgumentParser:
     p = ArgumentParser(prog="export_onnx.py", description=__doc__.splitlines()[0])
     p.add_argument("--restore-from", default=None, help="checkpoint to export (omit with --arch: untrained net)")
     p.add_argument("--arch", choices=ARCHS, default=None, help="architecture (foreign checkpoints / no checkpoint)")
-    p.add_argument("--allow-pickle", action="store_true", help="allow unpickling a trusted legacy checkpoint")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="UNSAFE: allow unpickling a trusted legacy checkpoint (runs code from the file)")
     p.add_argument("--out", required=True, help="ONNX file to write")
     p.add_argument("--with-aux", action="store_true", help="also output the auxiliary head")
     p.add_argument("--opset", type=positive_int, default=OPSET)
@@ -224,6 +225,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = get_parser().parse_args(argv)
     if args.compare and args.compare_arch:
         raise ConfigError("give --compare CKPT or --compare-arch ARCH, not both")
+    check_output(args.out, "--out")
+    if args.json:
+        check_output(args.json, "--json")
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.no_check:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from dataset.decode import read_image
 from dataset.transforms import resize_pair, to_normalized
-from utils.cli import ArgumentParser, positive_int, run_cli, size_arg
+from utils.cli import ArgumentParser, check_output, positive_int, run_cli, size_arg
 from utils.errors import ConfigError, DatasetError
 from utils.evaluate import load_net, predict_labels
 from utils.predictions import PredictionWriter, save_label_ids
@@ -49,7 +49,8 @@ def get_parser() -> ArgumentParser:
     p.add_argument("--label-ids", action="store_true", help="also write Cityscapes label-id PNGs")
     p.add_argument("--every", type=positive_int, default=1, help="video: keep every N-th frame")
     p.add_argument("--arch", default=None, help="architecture, only for checkpoints that do not name it")
-    p.add_argument("--allow-pickle", action="store_true", help="allow unpickling a trusted legacy checkpoint")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="UNSAFE: allow unpickling a trusted legacy checkpoint (runs code from the file)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p
@@ -110,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     args = get_parser().parse_args(argv)
     if not 0.0 <= args.alpha <= 1.0:
         raise ConfigError(f"--alpha expects a value in [0, 1], got {args.alpha}")
+    check_output(args.out, "--out", folder=True)
     device = resolve_device(args.device)
     total, inputs = collect_inputs(Path(args.input), args.every)
     net = load_net(args.restore_from, arch=args.arch, allow_pickle=args.allow_pickle, device=device)

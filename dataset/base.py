@@ -152,11 +152,24 @@ class SegmentationDataset(Dataset):
         if tuple(raw.shape) != tuple(image.shape[-2:]):
             raise DatasetError(f"image {image_path} is {image.shape[-1]}x{image.shape[-2]} but its label "
                                f"{label_path} is {raw.shape[-1]}x{raw.shape[-2]} (W x H)")
+        unknown = (raw > self.layout.max_id) & (raw != 255)
+        if bool(unknown.any()):
+            # a foreign id usually means the wrong kind of label file (colour or instance PNG)
+            values = sorted(int(v) for v in raw[unknown].unique()[:5])
+            raise DatasetError(f"label {label_path} holds ids {values} outside the {self.layout.name} table "
+                               f"(expected 0..{self.layout.max_id} or 255)")
         return image, apply_lut(raw, self._lut)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        # `key` is an index, or (index, sample_seed) from StreamSampler(with_seeds=True): then the
+        # sample's augmentation comes from a generator of its own, independent of worker and resume.
+        if isinstance(key, tuple):
+            index, sample_seed = key
+            generator = torch.Generator().manual_seed(int(sample_seed))
+        else:
+            index, generator = key, self._generator()
         image, label = self.load_raw(index)
-        image, label = self.transform(image, label, generator=self._generator())
+        image, label = self.transform(image, label, generator=generator)
         item = {"image": image, "name": self.files[index]}
         if label is not None:
             item["label"] = label

@@ -28,6 +28,7 @@ class Layout:
     recursive: bool  # Cityscapes keeps one sub-folder per city
     has_splits: bool
     description: str  # shown in error messages
+    max_id: int = 33  # largest id a label PNG may hold (255, ignore, is always allowed)
 
     def split_dir(self, split: str) -> str:
         """Relative image folder of a split."""
@@ -68,6 +69,7 @@ BDD = Layout(
     name="bdd", image_dir="images/{split}", image_suffix=".jpg", label_dir="labels",
     label_suffix="_train_id.png", lut=BDD_LUT, recursive=False, has_splits=True,
     description="ROOT/images/SPLIT/NAME.jpg and ROOT/labels/SPLIT/NAME_train_id.png holding train ids",
+    max_id=18,
 )
 
 LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (GTA5, CITYSCAPES, BDD)}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from dataset.base import scan_split
 from dataset.layouts import LAYOUTS
-from utils.cli import ArgumentParser, run_cli
+from utils.cli import ArgumentParser, check_output, run_cli
 from utils.errors import DatasetError
 
 
@@ -41,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="list file to write")
     parser.add_argument("--check-labels", action="store_true", help="fail if an image has no label file")
     args = parser.parse_args(argv)
+    check_output(args.out, "--out")
     count = make_list(args.dataset, args.root, args.split, args.out, check_labels=args.check_labels)
     print(f"wrote {count} {args.dataset} {args.split} images to {args.out}")
 

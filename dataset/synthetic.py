@@ -30,7 +30,7 @@ from scipy import ndimage
 from dataset.labels import IGNORE_LABEL, NUM_CLASSES, PALETTE, TRAIN_ID_TO_LABEL_ID
 from dataset.synth_canvas import EGO
 from dataset.synth_scene import SceneParams, draw_scene
-from utils.cli import ArgumentParser, non_negative_int, run_cli, size_arg
+from utils.cli import ArgumentParser, check_output, non_negative_int, run_cli, size_arg
 
 DEFAULT_NUM_TRAIN = 200
 DEFAULT_NUM_VAL = 50
@@ -230,6 +230,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--domains", nargs="+", choices=DOMAINS, default=list(DOMAINS),
                         help="domains to write (default: all three)")
     args = parser.parse_args(argv)
+    check_output(args.out, "--out", folder=True)
     start = time.perf_counter()
     written = generate(args.out, args.num_train, args.num_val, args.size, args.seed, args.domains)
     seconds = time.perf_counter() - start

@@ -5,8 +5,9 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from utils.errors import UserError
+from utils.errors import ConfigError, UserError
 
 EXIT_USAGE = 2
 
@@ -57,6 +58,25 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def check_output(path: str | os.PathLike, flag: str, *, folder: bool = False) -> None:
+    """Fail early (`ConfigError` naming `flag`) when `path` cannot be created as a file (or a folder).
+
+    Checked before long work: an existing path of the other kind, an ancestor that is a regular
+    file, or a nearest existing folder that is not writable.
+    """
+    target = Path(path)
+    kind = "a folder" if folder else "a file name"
+    if target.exists() and target.is_dir() != folder:
+        raise ConfigError(f"{flag} {path}: exists and is not {kind}")
+    parent = target if folder else target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{flag} {path}: {parent} is a file, not a folder (expected {kind} to write)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: cannot write in {parent} (permission denied)")
+
+
 def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
     """Run a script's `main(argv)` and return its exit status (an int it returns, else 0).
 
@@ -72,6 +92,20 @@ def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] 
         if debug:
             raise
         prog = os.path.basename(sys.argv[0]) or "dakd"
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
     return status if isinstance(status, int) else 0
+
+
+def one_line(err: BaseException) -> str:
+    """The error's message on one line.
+
+    A DataLoader worker re-raises a dataset error with the worker's traceback in the message; the
+    original message is its last line, after the exception's qualified class name.
+    """
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(err).__name__
+    last = lines[-1]
+    prefix = f"{type(err).__module__}.{type(err).__qualname__}: "
+    return last[len(prefix):] if last.startswith(prefix) else last

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -83,29 +84,42 @@ def loss_weights(cfg: TrainConfig, phase: Phase) -> LossWeights:
 
 # --- data -----------------------------------------------------------------------------------------------
 def _stream(dataset, cfg: TrainConfig, info: DistInfo, start: int, seed: int) -> Iterator[dict]:
-    sampler = StreamSampler(len(dataset), seed, start=start, rank=info.rank, world_size=info.world_size)
+    # Each sample carries its own augmentation seed (a function of seed, epoch, position), so flips and
+    # crops neither depend on the worker count nor restart on --resume. The loader's generator only
+    # seeds the workers' NumPy/random (seed_worker); derive it from (seed, start) without collisions.
+    sampler = StreamSampler(len(dataset), seed, start=start, rank=info.rank, world_size=info.world_size,
+                            with_seeds=True)
+    worker_seed = int(np.random.SeedSequence([seed, start, info.rank]).generate_state(1)[0])
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
                         drop_last=True, pin_memory=torch.cuda.is_available(), worker_init_fn=seed_worker,
-                        generator=torch.Generator().manual_seed(seed + start),
+                        generator=torch.Generator().manual_seed(worker_seed),
                         persistent_workers=cfg.num_workers > 0)
     return iter(loader)
 
 
-def build_streams(cfg: TrainConfig, info: DistInfo, samples_drawn: int, need_target: bool):
-    """Endless source (and target) batch iterators that continue after `samples_drawn` samples per rank."""
+def build_datasets(cfg: TrainConfig, info: DistInfo, need_target: bool):
+    """The source and (when `need_target`) target datasets; `DatasetError`/`ConfigError` before any training."""
     source = build_dataset(cfg.source, cfg.data_dir, cfg.source_split, list_path=cfg.data_list,
                            size=cfg.input_size, labels=True, random_mirror=cfg.random_mirror,
                            random_scale=cfg.random_scale)
     if len(source) < cfg.batch_size * info.world_size:
         raise ConfigError(f"--batch-size {cfg.batch_size}: the source list has only {len(source)} images")
-    src = _stream(source, cfg, info, samples_drawn, cfg.random_seed)
     if not need_target:
-        return src, None
+        return source, None
     target = build_dataset(cfg.target, cfg.data_dir_target, cfg.target_split, list_path=cfg.data_list_target,
                            size=cfg.input_size_target, labels=False, random_mirror=cfg.random_mirror,
                            random_scale=cfg.random_scale)
     if len(target) < cfg.batch_size * info.world_size:
         raise ConfigError(f"--batch-size {cfg.batch_size}: the target list has only {len(target)} images")
+    return source, target
+
+
+def build_streams(cfg: TrainConfig, info: DistInfo, samples_drawn: int, need_target: bool, datasets=None):
+    """Endless source (and target) batch iterators that continue after `samples_drawn` samples per rank."""
+    source, target = datasets or build_datasets(cfg, info, need_target)
+    src = _stream(source, cfg, info, samples_drawn, cfg.random_seed)
+    if not need_target:
+        return src, None
     return src, _stream(target, cfg, info, samples_drawn, cfg.random_seed + 1)
 
 
@@ -215,14 +229,19 @@ def train(cfg: TrainConfig) -> Path:
 
 def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> Path:
     folder = Path(cfg.snapshot_dir or Path("snapshots") / run_name(cfg))
+    phases = plan_phases(cfg)
+    # every input is checked before anything is written into the run folder
+    datasets = build_datasets(cfg, info, cfg.adapt or any(p.distill_target for p in phases))
     if info.is_main:
         _check_writable(folder)
+        if not cfg.resume and (folder / "last.pth").exists():
+            raise ConfigError(f"--snapshot-dir {folder}: it already holds a run (last.pth); continue it with "
+                              f"--resume {folder / 'last.pth'} or choose another folder")
     seed_everything(cfg.random_seed, cfg.deterministic)
     state = load_training_state(cfg.resume) if cfg.resume else None
     if state is not None:
         _check_resume(cfg, state)
     net, discs, teacher = build_models(cfg, device)
-    phases = plan_phases(cfg)
     phase_index, step, global_step, skipped = 0, 0, 0, 0
     if state is not None:
         unwrap(net).load_state_dict(state["net"])
@@ -245,7 +264,8 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> Path:
                     set_rng_state(state["rng"])
                     state = None
                 global_step, skipped = _run_phase(cfg, info, phase, phase_index, step, global_step, skipped,
-                                                  net, discs, step_fn, logger, folder, validator, signals)
+                                                  net, discs, step_fn, logger, folder, validator, signals,
+                                                  datasets)
                 if len(phases) > 1 and info.is_main:
                     save_final(folder / f"{phase.name}_phase_final.pth", unwrap(net))
                 phase_index, step = phase_index + 1, 0
@@ -282,10 +302,10 @@ def _check_writable(folder: Path) -> None:
 
 
 def _run_phase(cfg, info, phase, phase_index, step, global_step, skipped, net, discs, step_fn, logger, folder,
-               validator, signals):
+               validator, signals, datasets=None):
     weights = step_fn.w
     per_step = cfg.batch_size * cfg.iter_size
-    src, tgt = build_streams(cfg, info, global_step * per_step, weights.adapt or weights.distill_target)
+    src, tgt = build_streams(cfg, info, global_step * per_step, weights.adapt or weights.distill_target, datasets)
     net.train()
     for d in discs:
         d.train()
