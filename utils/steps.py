@@ -68,11 +68,13 @@ def _sync_unless(module: nn.Module, skip_sync: bool) -> contextlib.AbstractConte
 
 def distillation_terms(student: tuple[torch.Tensor, torch.Tensor], teacher: tuple[torch.Tensor, torch.Tensor],
                        w: LossWeights) -> dict[str, torch.Tensor]:
-    """KL (main + lambda_seg x aux), MSE (aux) and pseudo-teacher-label CE (main) between two nets' outputs."""
+    """KL (main + lambda_seg x aux), MSE of the aux probabilities and pseudo-teacher-label CE (main)."""
     (s_aux, s_main), (t_aux, t_main) = student, teacher
     return {
         "kl": kl_distill(s_main, t_main, w.temperature) + w.lambda_seg * kl_distill(s_aux, t_aux, w.temperature),
-        "mse": mse_distill(s_aux, t_aux),
+        # On probabilities: log-probabilities of near-zero classes reach -30 and more, and their squared
+        # differences (~1e3 for untrained nets) would swamp every other term.
+        "mse": mse_distill(s_aux.exp(), t_aux.exp()),
         "pseudo": pseudo_label_loss(s_main, t_main, threshold=w.pseudo_threshold),
     }
 
