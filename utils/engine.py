@@ -386,12 +386,13 @@ class _Validator:
 
     def __call__(self, net: nn.Module, global_step: int) -> None:
         if self.info.is_main:
-            from utils.evaluate import evaluate
+            from utils.evaluate import eval_collate, evaluate
 
             if self._loader is None:
                 dataset = build_dataset(self.cfg.target, self.cfg.data_dir_target, self.cfg.val_split, labels=True,
                                         size=self.cfg.eval_size, label_size="full")
-                self._loader = DataLoader(dataset, batch_size=1, num_workers=min(2, self.cfg.num_workers))
+                self._loader = DataLoader(dataset, batch_size=self.cfg.batch_size, collate_fn=eval_collate,
+                                          num_workers=min(2, self.cfg.num_workers))
             start = time.time()
             result = evaluate(unwrap(net), self._loader, self.device, limit=self.cfg.eval_limit, amp=self.cfg.amp,
                               progress=False)
