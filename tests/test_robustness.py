@@ -104,6 +104,11 @@ CASES = [
                               "--out", "{file}/sub/l.txt"], "--out"),
     ("synthetic-out-under-file", ["-m", "dataset.synthetic", "--out", "{file}/sub", "--num-train", "1"], "--out"),
     ("synthetic-size-x", ["-m", "dataset.synthetic", "--out", "{out}", "--size", "64x32"], "--size"),
+    # the demo
+    ("demo-out-under-file", ["demo.py", "--quick", "--out", "{file}/sub", "--data-dir", "{out}"], "--out"),
+    ("demo-out-not-a-demo", ["demo.py", "--quick", "--out", "{run}", "--data-dir", "{out}"], "--out"),
+    ("demo-size-x", ["demo.py", "--quick", "--out", "{out}/d", "--size", "64x32"], "--size"),
+    ("demo-negative-steps", ["demo.py", "--quick", "--out", "{out}/d", "--steps", "-3"], "--steps"),
 ]
 
 
