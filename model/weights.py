@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
 import urllib.error
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from model.seg_net import SegNet
+from utils.checkpoint import atomic_save
 from utils.errors import CheckpointError
 
 FINAL_FORMAT = "dakd-final"
@@ -251,16 +251,4 @@ def save_final(path: str | os.PathLike, net: nn.Module) -> None:
     payload = {"format": FINAL_FORMAT, "arch": net.arch, "aux_layer": net.aux_layer,
                "num_classes": net.num_classes,
                "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pth")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_save(payload, path)
