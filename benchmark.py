@@ -18,10 +18,13 @@ import statistics
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -205,30 +208,41 @@ def amp_modes(device: torch.device) -> list[str]:
     return ["off", "bf16", "fp16"] if device.type == "cuda" else ["off", "bf16"]
 
 
-def _rss_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
+class LiveTensorBytes(TorchDispatchMode):
+    """Peak bytes of live tensors created under this mode (activations; weights and inputs excluded)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = self.peak = 0
+        self._owners: dict[int, int] = {}
+
+    def _free(self, ptr: int) -> None:
+        self.live -= self._owners.pop(ptr, 0)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                ptr = t.untyped_storage().data_ptr()
+                if ptr and ptr not in self._owners:  # a view of a counted storage adds nothing
+                    self._owners[ptr] = t.untyped_storage().nbytes()
+                    self.live += self._owners[ptr]
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(t, self._free, ptr)
+        return out
 
 
 def peak_memory_mb(net, x: torch.Tensor, device: torch.device) -> tuple[float, str]:
-    """Peak memory one inference adds over the resident model: CUDA allocator peak, or on Linux the
-    growth of the peak RSS (VmHWM, reset through /proc/self/clear_refs) over the RSS before it."""
+    """Peak memory one inference adds over the resident weights and input (CUDA: allocator peak)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         with torch.inference_mode():
             net(x)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20, "CUDA allocator peak over weights"
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    except OSError:
-        return float("nan"), "unavailable (needs Linux /proc)"
-    base = _rss_kb("VmRSS")
-    with torch.inference_mode():
+    with torch.inference_mode(), LiveTensorBytes() as mode:
         net(x)
-    return (_rss_kb("VmHWM") - base) / 1024.0, "peak RSS growth over weights"
+    return mode.peak / 2**20, "peak live tensor bytes (activations)"
 
 
 def bench_inference(table: Table, args, device) -> None:
