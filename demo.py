@@ -66,7 +66,9 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--data-dir", default=DATA_DIR, help="synthetic benchmark folder (generated when absent)")
     p.add_argument("--quick", action="store_true", help="a smoke run in about a minute (numbers not meaningful)")
     p.add_argument("--paradigm", choices=PARADIGMS, default=PARADIGM)
-    p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--seeds", type=int, nargs="+", default=[SEED],
+                   help="training seed(s); with several, each run goes to OUT/seed_N and OUT/summary.md "
+                        "gets the mean and spread of every row")
     p.add_argument("--steps", type=positive_int, default=None, help=f"steps per row (default {STEPS})")
     p.add_argument("--size", type=size_arg, default=None, help=f"frame size W,H (default {SIZE[0]},{SIZE[1]})")
     p.add_argument("--batch-size", type=positive_int, default=None, help=f"default {BATCH_SIZE}")
@@ -134,7 +136,7 @@ def common_flags(args, data: Path, out: Path) -> list[str]:
 def check_out_folder(args, out: Path) -> None:
     """Create --out; a folder from an earlier demo is reused only when its settings are the same."""
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
-                if k not in ("out", "debug", "num_workers", "device", "threads")}
+                if k not in ("out", "debug", "num_workers", "device", "threads", "seeds")}
     stamp = out / "settings.json"
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -245,26 +247,64 @@ def draw_figures(out: Path, results: dict[str, dict]) -> None:
     plot_qualitative_grid(rows, keys, out / "qualitative.png")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the whole demo."""
-    args = parse_args(argv)
-    out = Path(args.out)
+def run_one(args, out: Path) -> dict:
+    """The whole demo for one seed (`args.seed`) into `out`; returns the summary written to results.json."""
     check_out_folder(args, out)
-    # On a small CPU, compute threads that compete with the loader workers spin-wait for each other:
-    # one thread per free core is several times faster than oversubscribing (measured on 2 cores).
-    threads = args.threads or max(1, (os.cpu_count() or 1) - args.num_workers)
-    torch.set_num_threads(threads)
     w, h = args.size
     quick = " (--quick smoke run)" if args.quick else ""
     print(f"demo: {w}x{h} frames, {args.steps} steps per row, batch {args.batch_size}, lr {args.learning_rate}, "
-          f"paradigm {args.paradigm}, seed {args.seed}, {threads} compute thread(s){quick}")
+          f"paradigm {args.paradigm}, seed {args.seed}, {torch.get_num_threads()} compute thread(s){quick}")
     data = ensure_data(args)
     finals = train_all(args, data, out)
     results = evaluate_all(args, data, out, finals)
-    summarize(args, out, results)
+    summary = summarize(args, out, results)
     draw_figures(out, results)
     print(f"\nwrote {out / 'results.json'}, {out / 'results.md'}, {out / 'per_class_iou.png'}, "
           f"{out / 'qualitative.png'}")
+    return summary
+
+
+def _sd(values: list[float]) -> float:
+    import statistics
+
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize_seeds(out: Path, summaries: dict[int, dict]) -> str:
+    """Mean and sample standard deviation of each row over seeds, to OUT/summary.{json,md}; returns the table."""
+    import statistics
+
+    seeds = sorted(summaries)
+    first = summaries[seeds[0]]["models"]
+    rows, table = [], ["| model | mIoU (mean ± std) | pixel acc (mean ± std) | per seed mIoU |", "|---|---|---|---|"]
+    for i, model in enumerate(first):
+        mious = [100 * summaries[s]["models"][i]["mIoU"] for s in seeds]
+        accs = [100 * summaries[s]["models"][i]["pixel_acc"] for s in seeds]
+        rows.append({"model": model["model"], "title": model["title"], "mIoU": mious, "pixel_acc": accs,
+                     "mIoU_mean": statistics.fmean(mious), "mIoU_std": _sd(mious),
+                     "pixel_acc_mean": statistics.fmean(accs), "pixel_acc_std": _sd(accs)})
+        table.append(f"| {model['title']} | {statistics.fmean(mious):.1f} ± {_sd(mious):.1f} | "
+                     f"{statistics.fmean(accs):.1f} ± {_sd(accs):.1f} | {' / '.join(f'{m:.1f}' for m in mious)} |")
+    text = "\n".join(table)
+    settings = summaries[seeds[0]]["settings"]
+    (out / "summary.json").write_text(json.dumps({"seeds": seeds, "settings": settings, "models": rows}, indent=2))
+    (out / "summary.md").write_text(f"# Demo over seeds {', '.join(map(str, seeds))}\n\n{text}\n")
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the whole demo (once per seed)."""
+    args = parse_args(argv)
+    out = Path(args.out)
+    # On a small CPU, compute threads that compete with the loader workers spin-wait for each other:
+    # one thread per free core is several times faster than oversubscribing (measured on 2 cores).
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) - args.num_workers))
+    summaries = {}
+    for seed in args.seeds:
+        args.seed = seed
+        summaries[seed] = run_one(args, out if len(args.seeds) == 1 else out / f"seed_{seed}")
+    if len(args.seeds) > 1:
+        print(f"\nover seeds {', '.join(map(str, args.seeds))}:\n" + summarize_seeds(out, summaries))
     return 0
 
 

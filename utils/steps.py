@@ -88,7 +88,8 @@ class TrainStep:
     """Runs one optimisation step of the segmentation net and, when adapting, of the two discriminators.
 
     `discriminators` is (D1 for the aux level, D2 for the main level); `teacher`, when given, is frozen and
-    supplies the distillation targets. Returns the step's named losses as detached tensors (no host sync
+    supplies the distillation targets. Returns the named loss terms (unweighted) and `total`, the weighted
+    objective of the segmentation net, as detached tensors (no host sync
     except one finiteness check).
     """
 
@@ -167,6 +168,7 @@ class TrainStep:
                     loss = loss + weighted_distillation(terms, w)
                     for k, v in terms.items():
                         add(f"{k}_src", v)
+                add("total", loss)
                 self._backward(loss, 1.0 / n)
             if not use_target:
                 continue
@@ -185,6 +187,7 @@ class TrainStep:
                     loss = loss + w.lambda_target * weighted_distillation(terms, w)
                     for k, v in terms.items():
                         add(f"{k}_tgt", v)
+                add("total", loss)
                 self._backward(loss, 1.0 / n)
             # 3) discriminators: source outputs -> SOURCE_LABEL, target outputs -> TARGET_LABEL
             if w.adapt:
@@ -199,7 +202,6 @@ class TrainStep:
                         d_tgt = adversarial_loss(self._discriminate(disc, pt.detach()), TARGET_LABEL, w.gan) / 2
                         self._backward(d_tgt, 1.0 / n)
                     add(f"d_{level}", d_src + d_tgt)
-        totals["total"] = sum(v for k, v in totals.items() if not k.startswith("d_"))
         return totals
 
     def apply(self) -> None:
