@@ -32,10 +32,11 @@ from utils.errors import ConfigError
 
 DATA_DIR = "data/synthetic"
 OUT_DIR = "runs/demo"
-SIZE = (128, 64)              # (w, h) of the Cityscapes-like frames; source frames keep GTA5's aspect
+SIZE = (64, 32)               # (w, h) of the Cityscapes-like frames; source frames keep GTA5's aspect
 NUM_TRAIN, NUM_VAL = 200, 50
 DATA_SEED = 0
-STEPS = 300                   # per row; the DAKD student's phases add up to the same total
+STEPS = 300                   # per compared row; the DAKD student's phases add up to the same total
+TEACHER_STEPS = 600           # the deeper teacher needs a longer schedule from scratch to beat the student
 BATCH_SIZE = 4
 LEARNING_RATE = 0.01          # from scratch, not the paper's 2.5e-4 fine-tuning rate
 PARADIGM = "sequential"
@@ -70,6 +71,8 @@ def parse_args(argv: Sequence[str] | None):
                    help="training seed(s); with several, each run goes to OUT/seed_N and OUT/summary.md "
                         "gets the mean and spread of every row")
     p.add_argument("--steps", type=positive_int, default=None, help=f"steps per row (default {STEPS})")
+    p.add_argument("--teacher-steps", type=positive_int, default=None,
+                   help=f"steps of the teacher (default {TEACHER_STEPS}; --quick: --steps)")
     p.add_argument("--size", type=size_arg, default=None, help=f"frame size W,H (default {SIZE[0]},{SIZE[1]})")
     p.add_argument("--batch-size", type=positive_int, default=None, help=f"default {BATCH_SIZE}")
     p.add_argument("--learning-rate", type=float, default=LEARNING_RATE)
@@ -83,6 +86,7 @@ def parse_args(argv: Sequence[str] | None):
                                      "batch_size": BATCH_SIZE}
     args.size = args.size or base["size"]
     args.steps = args.steps or base["steps"]
+    args.teacher_steps = args.teacher_steps or (args.steps if args.quick else TEACHER_STEPS)
     args.batch_size = args.batch_size or base["batch_size"]
     args.num_train, args.num_val = base["num_train"], base["num_val"]
     if args.paradigm == "sequential" and args.steps < 2:
@@ -117,7 +121,8 @@ def stages(args) -> list[Stage]:
     return [
         Stage("source_only", "DRN-D-22 source only", train_gta2cs_multi_drnd22, no_adv, s),
         Stage("student", "DRN-D-22 adapted (undistilled student)", train_gta2cs_multi_drnd22, (), s),
-        Stage("teacher", "DRN-D-38 adapted (teacher)", train_gta2cs_multi_drnd38, (), s),
+        Stage("teacher", "DRN-D-38 adapted (teacher)", train_gta2cs_multi_drnd38,
+              ("--num-steps", str(args.teacher_steps)), args.teacher_steps),
         Stage("dakd", f"DRN-D-22 DAKD student ({args.paradigm})", train_gta2cs_ts_multi, dakd, s),
     ]
 
@@ -175,6 +180,9 @@ def train_all(args, data: Path, out: Path) -> dict[str, Path]:
             flags = [*common_flags(args, data, folder), *st.flags]
             if st.key == "dakd":
                 flags += ["--teacher", str(finals["teacher"])]
+            if (folder / "last.pth").is_file():  # an interrupted earlier demo: continue where it stopped
+                print(f"resuming {folder / 'last.pth'}")
+                flags += ["--resume", str(folder / "last.pth")]
             status = st.script.main(flags)
             if status:
                 raise SystemExit(status)
@@ -212,7 +220,8 @@ def summarize(args, out: Path, results: dict[str, dict]) -> dict:
                      "mIoU": res["mIoU"], "pixel_acc": res["pixel_acc"], "mean_acc": res["mean_acc"],
                      "per_class": res["per_class"]})
     summary = {
-        "settings": {"size": list(args.size), "steps": args.steps, "batch_size": args.batch_size,
+        "settings": {"size": list(args.size), "steps": args.steps, "teacher_steps": args.teacher_steps,
+                     "batch_size": args.batch_size,
                      "learning_rate": args.learning_rate, "paradigm": args.paradigm, "seed": args.seed,
                      "quick": args.quick, "num_train": args.num_train, "num_val": args.num_val},
         "note": ("smoke run (--quick): numbers are not meaningful" if args.quick else
@@ -252,7 +261,8 @@ def run_one(args, out: Path) -> dict:
     check_out_folder(args, out)
     w, h = args.size
     quick = " (--quick smoke run)" if args.quick else ""
-    print(f"demo: {w}x{h} frames, {args.steps} steps per row, batch {args.batch_size}, lr {args.learning_rate}, "
+    print(f"demo: {w}x{h} frames, {args.steps} steps per compared row ({args.teacher_steps} for the teacher), "
+          f"batch {args.batch_size}, lr {args.learning_rate}, "
           f"paradigm {args.paradigm}, seed {args.seed}, {torch.get_num_threads()} compute thread(s){quick}")
     data = ensure_data(args)
     finals = train_all(args, data, out)

@@ -1,13 +1,21 @@
 """Shared fixtures: a tiny synthetic benchmark generated once per test session, and tiny-run flags."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
+
+# The tests run tiny tensors, where extra threads cost more than they give, and they start subprocesses:
+# one compute thread per process keeps a small CPU from being oversubscribed (OpenMP threads that share a
+# core spin-wait for each other and run several times slower).
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 
 def run_script(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -127,3 +127,17 @@ def test_validation_while_training_logs_miou(synthetic_root, tmp_path):
     values = [r["val/mIoU"] for r in read_log(out / "log.jsonl") if "val/mIoU" in r]
     assert len(values) == 1 and 0.0 <= values[0] <= 1.0
     assert (out / "best.pth").is_file()
+
+
+def test_log_plotter_and_tensorboard_events(synthetic_root, tmp_path):
+    from utils.plot_log import plot_log
+
+    out = tmp_path / "run"
+    assert student_script.main(tiny_train_args(synthetic_root, out, steps=2)) == 0
+    png = plot_log(out / "log.jsonl", tmp_path / "curves.png")
+    assert png.stat().st_size > 1000
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return
+    assert any((out / "tb").glob("events.out.tfevents.*"))
