@@ -169,8 +169,8 @@ def train_all(args, data: Path, out: Path) -> dict[str, Path]:
     started, done_work = time.time(), 0.0
     for i, st in enumerate(plan, 1):
         elapsed = time.time() - started
-        left = "" if done_work == 0 else (
-            f", about {_fmt(elapsed / done_work * sum(work[s.key] for s in plan[i - 1:]))} of training left")
+        todo = sum(work[s.key] for s in plan[i - 1:] if not (out / s.key / "final.pth").is_file())
+        left = "" if done_work == 0 else f", about {_fmt(elapsed / done_work * todo)} of training left"
         print(f"\n[{i}/{len(plan)}] {st.title}: {st.steps} steps (elapsed {_fmt(elapsed)}{left})", flush=True)
         folder = out / st.key
         finals[st.key] = folder / "final.pth"
@@ -186,7 +186,7 @@ def train_all(args, data: Path, out: Path) -> dict[str, Path]:
             status = st.script.main(flags)
             if status:
                 raise SystemExit(status)
-        done_work += work[st.key]
+            done_work += work[st.key]  # only trained stages say how fast this machine is
     print(f"\ntraining done in {_fmt(time.time() - started)}", flush=True)
     return finals
 
