@@ -2,7 +2,7 @@
 
     python export_onnx.py --restore-from runs/student/final.pth --out student.onnx
     python export_onnx.py --restore-from student.pth --compare teacher.pth --out student.onnx
-    python export_onnx.py --arch drn_d_22 --compare-arch drn_d_38 --out /tmp/s.onnx   # untrained nets
+    python export_onnx.py --arch drn_d_22 --compare-arch drn_d_38 --out student_card.onnx   # untrained nets
 
 The graph takes a normalised RGB image `image` (N, 3, H, W) (see dataset.transforms.NORMALIZE) and
 returns the main head's log-probabilities `main` (N, 19, H, W) (and `aux` with --with-aux). The
