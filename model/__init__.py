@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from model.discriminator import Discriminator
-from model.drn import ARCHS, MODEL_URLS, build_drn
+from model.drn import ARCHS, MODEL_URLS, build_drn, zero_init_residual
 from model.seg_net import DEFAULT_AUX_LAYER, SegNet
 from model.weights import LoadReport, build_from_checkpoint, load_weights, read_checkpoint, save_final
 from utils.errors import ConfigError
@@ -13,17 +13,22 @@ from utils.errors import ConfigError
 __all__ = [
     "ARCHS", "DEFAULT_AUX_LAYER", "MODEL_URLS", "Discriminator", "LoadReport", "SegNet", "build_drn",
     "build_from_checkpoint", "build_seg_model", "count_parameters", "load_weights", "read_checkpoint",
-    "save_final",
+    "save_final", "zero_init_residual",
 ]
 
 
 def build_seg_model(arch: str = "drn_d_22", num_classes: int = 19, aux_layer: int | None = None,
-                    pretrained: str | None = None, *, allow_pickle: bool = False) -> SegNet:
+                    pretrained: str | None = None, *, allow_pickle: bool = False,
+                    zero_residual: bool = False) -> SegNet:
     """A SegNet for ``arch``; ``pretrained`` is None, "imagenet" (the published DRN weights) or a path/URL.
 
     ``aux_layer`` defaults to ``DEFAULT_AUX_LAYER[arch]`` (6 for drn_d_22, 7 for drn_d_38).
+    ``zero_residual`` starts every residual block as the identity (``model.drn.zero_init_residual``),
+    before any pretrained weights are loaded over it.
     """
     net = SegNet(arch, num_classes=num_classes, aux_layer=aux_layer)
+    if zero_residual:
+        zero_init_residual(net.base)
     if pretrained == "imagenet":
         if arch not in MODEL_URLS:
             raise ConfigError(f"no published ImageNet weights for {arch}; those exist for "

@@ -251,6 +251,24 @@ class DRN(nn.Module):
         return x
 
 
+def zero_init_residual(net: nn.Module) -> int:
+    """Set the last batch-norm scale of every residual block in ``net`` to zero; return how many.
+
+    Each block then starts as the identity, so a deep net trained from scratch behaves like a
+    shallow one at first (Goyal et al. 2017, "Accurate, Large Minibatch SGD"). A from-scratch
+    option only: published or restored weights overwrite it.
+    """
+    count = 0
+    for m in net.modules():
+        if isinstance(m, BasicBlock) and m.residual:
+            nn.init.zeros_(m.bn2.weight)
+            count += 1
+        elif isinstance(m, Bottleneck):
+            nn.init.zeros_(m.bn3.weight)
+            count += 1
+    return count
+
+
 def build_drn(name: str, num_classes: int = 0) -> DRN:
     """The DRN variant called ``name`` (one of ``ARCHS``); ``num_classes > 0`` adds the classifier."""
     if name not in ARCH_SPECS:

@@ -118,3 +118,39 @@ def test_big_variants_run_on_a_tiny_input(name):
     net = build_drn(name).eval()
     with torch.no_grad():
         assert net(torch.randn(1, 3, 16, 16)).shape == (1, 512, 2, 2)
+
+
+def test_zero_init_residual_starts_every_residual_block_as_the_identity():
+    from model.drn import BasicBlock, zero_init_residual
+
+    torch.manual_seed(0)
+    net = drn_d_38()
+    assert zero_init_residual(net) == 3 + 4 + 6 + 3  # the residual blocks of levels 3-6
+    block = net.layer5[1]  # no downsample: the shortcut is the input itself
+    assert isinstance(block, BasicBlock) and block.downsample is None
+    x = torch.rand(2, block.conv1.in_channels, 6, 5)  # non-negative, as after a ReLU
+    assert torch.equal(block(x), x)
+    # plain conv levels (7, 8) and the non-residual arch-C blocks keep their BN scale of 1
+    assert torch.equal(net.layer7[1].weight, torch.ones(512))
+    c26 = drn_c_26()
+    zero_init_residual(c26)
+    assert torch.equal(c26.layer7[0].bn2.weight, torch.ones(512))
+
+
+def test_zero_init_residual_counts_bottleneck_blocks():
+    from model.drn import zero_init_residual
+
+    net = build_drn("drn_d_54")
+    assert zero_init_residual(net) == 3 + 4 + 6 + 3
+    assert all(not b.bn3.weight.detach().any() for b in net.layer6)
+
+
+def test_build_seg_model_zero_residual_is_overwritten_by_pretrained_weights(tmp_path):
+    torch.manual_seed(0)
+    donor = build_drn("drn_d_22")
+    path = tmp_path / "imagenet.pth"
+    torch.save(donor.state_dict(), path)
+    fresh = build_seg_model("drn_d_22", zero_residual=True)
+    assert float(fresh.base.layer3[0].bn2.weight.abs().sum()) == 0
+    loaded = build_seg_model("drn_d_22", pretrained=str(path), zero_residual=True)
+    assert torch.equal(loaded.base.layer3[0].bn2.weight, donor.layer3[0].bn2.weight)

@@ -141,3 +141,21 @@ def test_log_plotter_and_tensorboard_events(synthetic_root, tmp_path):
     except ImportError:
         return
     assert any((out / "tb").glob("events.out.tfevents.*"))
+
+
+def test_zero_init_residual_flag_reaches_the_network(synthetic_root, tmp_path, monkeypatch):
+    import utils.engine as engine
+
+    built = {}
+    original = engine.build_seg_model
+
+    def spy(*args, **kwargs):
+        net = original(*args, **kwargs)
+        built["bn"] = net.base.layer3[0].bn2.weight.detach().clone()
+        return net
+
+    monkeypatch.setattr(engine, "build_seg_model", spy)
+    out = tmp_path / "run"
+    assert student_script.main([*tiny_train_args(synthetic_root, out, steps=1), "--zero-init-residual"]) == 0
+    assert float(built["bn"].abs().sum()) == 0
+    assert json.loads((out / "config.json").read_text())["config"]["zero_init_residual"] is True

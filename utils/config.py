@@ -23,6 +23,7 @@ class TrainConfig:
     aux_layer: Optional[int] = None
     num_classes: int = 19
     pretrained: str = "imagenet"
+    zero_init_residual: bool = False
     restore_from: Optional[str] = None
     # data
     source: str = "gta5"
@@ -118,6 +119,7 @@ class TrainConfig:
 # The UPPER-CASE constants a training script may define, and the TrainConfig field each one sets.
 SCRIPT_CONSTANTS = {
     "ARCH": "arch", "AUX_LAYER": "aux_layer", "NUM_CLASSES": "num_classes", "PRETRAINED": "pretrained",
+    "ZERO_INIT_RESIDUAL": "zero_init_residual",
     "RESTORE_FROM": "restore_from", "SOURCE": "source", "TARGET": "target", "DATA_DIRECTORY": "data_dir",
     "DATA_LIST_PATH": "data_list", "DATA_DIRECTORY_TARGET": "data_dir_target",
     "DATA_LIST_PATH_TARGET": "data_list_target", "INPUT_SIZE": "input_size",
@@ -163,6 +165,10 @@ def build_parser(defaults: TrainConfig, *, prog: str, description: str, distill:
     g.add_argument("--num-classes", dest="num_classes", type=positive_int, default=d.num_classes)
     g.add_argument("--pretrained", dest="pretrained", default=d.pretrained,
                    help="backbone init: 'imagenet' (published DRN weights), a path or URL, or 'none'")
+    g.add_argument("--zero-init-residual", dest="zero_init_residual", action=argparse.BooleanOptionalAction,
+                   default=d.zero_init_residual,
+                   help="from scratch (--pretrained none): start each residual block as the identity "
+                        "(its last BN scale 0); helps deep nets such as DRN-D-38 train from scratch")
     g.add_argument("--restore-from", dest="restore_from", default=d.restore_from,
                    help="initialise the whole net from this checkpoint (our, old-code or ImageNet form)")
     g = p.add_argument_group("data")

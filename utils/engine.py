@@ -127,7 +127,8 @@ def build_streams(cfg: TrainConfig, info: DistInfo, samples_drawn: int, need_tar
 def build_models(cfg: TrainConfig, device: torch.device):
     """The segmentation net (initialised per --pretrained / --restore-from), D1, D2 and the teacher."""
     pretrained = None if cfg.pretrained == "none" or cfg.restore_from or cfg.resume else cfg.pretrained
-    net = build_seg_model(cfg.arch, num_classes=cfg.num_classes, aux_layer=cfg.aux_layer, pretrained=pretrained)
+    net = build_seg_model(cfg.arch, num_classes=cfg.num_classes, aux_layer=cfg.aux_layer, pretrained=pretrained,
+                          zero_residual=cfg.zero_init_residual)
     if cfg.restore_from and not cfg.resume:
         load_weights(net, cfg.restore_from, allow_pickle=cfg.allow_pickle)
     discs = (Discriminator(cfg.num_classes), Discriminator(cfg.num_classes))
