@@ -35,7 +35,7 @@ from dataset.decode import read_label
 from model import Discriminator, build_seg_model, count_parameters
 from utils.cli import ArgumentParser, non_negative_int, positive_int, run_cli, size_arg
 from utils.evaluate import eval_collate, evaluate
-from utils.oldway import OldWayStep, old_eval_pipeline, old_remap
+from utils.oldway import OldWayStep, id_table, old_eval_pipeline, old_remap
 from utils.runtime import autocast, resolve_device
 from utils.steps import LossWeights, TrainStep
 
@@ -172,7 +172,8 @@ def bench_loading(table: Table, args, root: Path) -> None:
         lut = torch.from_numpy(dataset.layout.lut)
         arrays = [r.numpy() for r in raws]
         fast = timed(lambda raws=raws, lut=lut: [apply_lut(r, lut) for r in raws], args.repeats, args.warmup)
-        slow = timed(lambda arrays=arrays, table=dataset.layout.lut: [old_remap(a, table) for a in arrays],
+        ids = id_table(dataset.layout.lut)
+        slow = timed(lambda arrays=arrays, ids=ids: [old_remap(a, ids) for a in arrays],
                      args.repeats, args.warmup)
         n = len(raws)
         h, w = raws[0].shape

@@ -1,6 +1,7 @@
 """A list-based segmentation dataset over one of the layouts (GTA5, Cityscapes, BDD100K)."""
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -19,10 +20,30 @@ _SHOW_MISSING = 3  # how many missing paths an error message lists
 def apply_lut(raw: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
     """Map a uint8 label map through a 256-entry uint8 table in one vectorised lookup."""
     if raw.device.type == "cpu" and lut.device.type == "cpu":
-        # NumPy's take on uint8 indices is ~20x faster than index_select, which first widens every
-        # pixel to int64 (measured by benchmark.py: the per-id loop is barely slower than that)
-        return torch.from_numpy(np.take(lut.numpy(), raw.numpy()))
+        return torch.from_numpy(_lookup_pairs(raw.numpy(), lut.numpy()))
     return lut.index_select(0, raw.reshape(-1).long()).view(raw.shape)
+
+
+@functools.lru_cache(maxsize=16)
+def _pair_table(lut_bytes: bytes) -> np.ndarray:
+    """The 65 536-entry uint16 table that maps two neighbouring uint8 ids at once."""
+    lut = np.frombuffer(lut_bytes, np.uint8).astype(np.uint16)
+    # A pair viewed as uint16 has one id in its high byte and one in its low byte, on either byte
+    # order; mapping each byte in place keeps the pair's memory order.
+    return ((lut[:, None] << 8) | lut[None, :]).reshape(-1)
+
+
+def _lookup_pairs(raw: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    # NumPy's take widens every index to int64 first; looking up pairs of pixels through a uint16
+    # table halves that work (about 3x faster than a plain take at 1024x512, benchmark.py).
+    flat = np.ascontiguousarray(raw).reshape(-1)
+    out = np.empty_like(flat)
+    even = flat.size - flat.size % 2
+    table = _pair_table(lut.astype(np.uint8, copy=False).tobytes())
+    np.take(table, flat[:even].view(np.uint16), out=out[:even].view(np.uint16))
+    if even < flat.size:
+        out[-1] = lut[flat[-1]]
+    return out.reshape(raw.shape)
 
 
 def read_list(list_path: str | Path) -> list[str]:

@@ -73,6 +73,15 @@ class SegNet(nn.Module):
         main = self._upsample_log_probs(self.seg1(feats[8]), size)
         return aux, main
 
+    def main_logits(self, x: Tensor, output_size: Optional[tuple[int, int]] = None) -> Tensor:
+        """Main-head logits at ``output_size`` (H, W), for inference: no aux head, no log-softmax.
+
+        Their arg-max equals the arg-max of ``forward(x)[1]``, and their softmax its exp.
+        """
+        size = [x.shape[2], x.shape[3]] if output_size is None else [output_size[0], output_size[1]]
+        logits = self.seg1(self.base(x))
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+
     @staticmethod
     def _upsample_log_probs(logits: Tensor, size: list[int]) -> Tensor:
         # Interpolating to an explicit size (not a x8 factor) gives exactly the input's size for

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
 
 from dataset.labels import (
     BDD_LUT,
@@ -53,3 +55,24 @@ def test_colorize_uses_the_palette_and_blacks_out_ignored():
     assert rgb.shape == (2, 2, 3) and rgb.dtype == np.uint8
     assert tuple(rgb[0, 0]) == PALETTE[0] and tuple(rgb[0, 1]) == PALETTE[13]
     assert tuple(rgb[1, 0]) == (0, 0, 0) and tuple(rgb[1, 1]) == PALETTE[18]
+
+
+@pytest.mark.parametrize("shape", [(512, 1024), (7, 9), (1, 1), (0, 4), (3, 6)])
+def test_apply_lut_equals_a_plain_lookup_for_every_id_and_shape(shape):
+    from dataset.base import apply_lut
+    from dataset.layouts import CITYSCAPES_LUT
+
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 256, size=shape).astype(np.uint8)
+    out = apply_lut(torch.from_numpy(raw), torch.from_numpy(CITYSCAPES_LUT))
+    assert out.dtype == torch.uint8 and out.shape == shape
+    assert np.array_equal(out.numpy(), CITYSCAPES_LUT[raw])
+
+
+def test_apply_lut_accepts_a_strided_view_and_tables_that_differ():
+    from dataset.base import apply_lut
+
+    raw = torch.arange(256, dtype=torch.uint8).repeat(4, 1)[:, ::3]
+    for table in (np.arange(256, dtype=np.uint8)[::-1].copy(), np.full(256, 7, np.uint8)):
+        out = apply_lut(raw, torch.from_numpy(table))
+        assert np.array_equal(out.numpy(), table[raw.numpy()])

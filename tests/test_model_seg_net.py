@@ -148,3 +148,15 @@ def test_discriminator_maps_probabilities_to_a_stride_32_logit_map(size):
     assert [m.out_channels for m in (disc.conv1, disc.conv2, disc.conv3, disc.conv4, disc.classifier)] == [
         64, 128, 256, 512, 1]
     assert disc.leaky_relu.negative_slope == 0.2
+
+
+def test_main_logits_give_the_main_heads_prediction_and_probabilities():
+    torch.manual_seed(0)
+    net = build_seg_model("drn_d_22").eval()
+    x = torch.randn(2, 3, 40, 56)
+    with torch.no_grad():
+        main = net(x, output_size=(80, 112))[1]
+        logits = net.main_logits(x, output_size=(80, 112))
+    assert logits.shape == (2, 19, 80, 112)
+    assert torch.equal(logits.argmax(1), main.argmax(1))
+    torch.testing.assert_close(logits.softmax(1), main.exp(), atol=1e-5, rtol=1e-4)

@@ -26,19 +26,28 @@ def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:
     return scales
 
 
+def _main_logits(net: nn.Module, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The main head's logits; any other module (e.g. an exported graph) through its `(aux, main)` output."""
+    seg_net = getattr(net, "module", net)  # DDP / DataParallel wrappers
+    if hasattr(seg_net, "main_logits"):
+        return seg_net.main_logits(images, size)
+    return net(images, output_size=size)[1]
+
+
 @torch.no_grad()
 def predict_scores(net: nn.Module, images: torch.Tensor, output_size: tuple[int, int] | None = None, *,
                    flip: bool = False, scales: Sequence[float] = (1.0,)) -> torch.Tensor:
     """Scores (N, C, H, W) of the main head at `output_size` (default: the images' size).
 
-    With one pass (no flip, one scale) these are the net's log-probabilities; with test-time
-    augmentation they are the mean of the probabilities over the mirrored and/or rescaled inputs.
-    Arg-max over dim 1 gives the prediction either way.
+    With one pass (no flip, one scale) these are the main head's logits (inference needs neither
+    the aux head nor a log-softmax over every full-size pixel); with test-time augmentation they
+    are the mean of the probabilities over the mirrored and/or rescaled inputs. Arg-max over dim 1
+    gives the prediction either way.
     """
     scales = _check_scales(scales)
     size = tuple(output_size) if output_size is not None else tuple(images.shape[-2:])
     if len(scales) == 1 and scales[0] == 1.0 and not flip:
-        return net(images, output_size=size)[1].float()
+        return _main_logits(net, images, size).float()
     total = None
     passes = 0
     for scale in scales:
@@ -49,7 +58,7 @@ def predict_scores(net: nn.Module, images: torch.Tensor, output_size: tuple[int,
                               mode="bilinear", align_corners=False)
         variants = [(x, False), (x.flip(-1), True)] if flip else [(x, False)]
         for inp, mirrored in variants:
-            prob = net(inp, output_size=size)[1].float().exp()
+            prob = _main_logits(net, inp, size).float().softmax(dim=1)
             if mirrored:
                 prob = prob.flip(-1)
             total = prob if total is None else total + prob

@@ -5,9 +5,9 @@ habits on purpose so that a speed-up can be measured as a ratio within one run.
 - teacher in train mode (batch statistics, running statistics drifting)         -> `OldWayStep`
 - pseudo labels: arg-max through NumPy and back to the device every step        -> `old_pseudo_label_loss`
 - KL with log-probabilities as the target, averaged over every element (NaN now) -> `old_kl`
-- label remapping with one pass per id                                          -> `old_remap`
-- evaluation: per-image NumPy arg-max, prediction PNGs, then a second pass with
-  NumPy `fast_hist` per image                                                   -> `old_eval_pipeline`
+- label remapping with one pass per id, on float32 copies                        -> `old_remap`
+- evaluation: per-image NumPy arg-max, prediction and colour PNGs, then a second pass
+  with a 34-entry per-id remap and NumPy `fast_hist` per image                   -> `old_eval_pipeline`
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from dataset.labels import PALETTE
 from utils.loss import mse_distill, seg_loss
 from utils.steps import LossWeights, TrainStep
 
@@ -52,13 +53,26 @@ class OldWayStep(TrainStep):
         }
 
 
-def old_remap(raw: np.ndarray, lut: np.ndarray) -> np.ndarray:
-    """DEFECT: label ids mapped to train ids with one full pass over the map per id."""
-    out = np.full(raw.shape, 255, np.uint8)
-    for value, train_id in enumerate(lut):
-        if train_id != 255:
-            out[raw == value] = train_id
+def old_remap(raw: np.ndarray, id_to_train: dict[int, int]) -> np.ndarray:
+    """DEFECT: the old training loaders' remap: float32 copies, one full pass over the map per id."""
+    label = np.asarray(raw, np.float32)
+    out = 255 * np.ones(label.shape, dtype=np.float32)
+    for label_id, train_id in id_to_train.items():
+        out[label == label_id] = train_id
     return out
+
+
+def old_label_mapping(raw: np.ndarray, pairs: list[tuple[int, int]]) -> np.ndarray:
+    """DEFECT: the old evaluation's remap: one pass per entry of the 34-entry id table, int64 result."""
+    out = np.copy(raw)
+    for label_id, train_id in pairs:
+        out[raw == label_id] = train_id
+    return np.array(out, dtype=np.int64)
+
+
+def id_table(lut: np.ndarray, num_ids: int | None = None) -> dict[int, int]:
+    """The old code's `{label id: train id}` dict for a 256-entry LUT (ids that are not ignored)."""
+    return {i: int(t) for i, t in enumerate(lut[:num_ids]) if t != 255}
 
 
 def fast_hist(label: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
@@ -69,12 +83,15 @@ def fast_hist(label: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
 
 @torch.no_grad()
 def old_eval_pipeline(net: torch.nn.Module, dataset, num_images: int, num_classes: int = 19) -> dict:
-    """DEFECT: the old two-script evaluation: per image a forward, NumPy arg-max, a prediction PNG;
-    then a second pass reading predictions and raw labels back, per-id remap and `fast_hist`.
+    """DEFECT: the old two-script evaluation (AdaptSegNet's, which the old code borrowed): per image a
+    forward, a NumPy transpose and arg-max, a prediction PNG and a colour PNG; then a second pass
+    reading predictions and raw labels back, the per-id remap of the 34 label ids and `fast_hist`.
 
     Returns {"mIoU", "num_images", "seconds", "images_per_s"}.
     """
     net.eval()
+    palette = [c for rgb in PALETTE for c in rgb]
+    pairs = [(i, int(t)) for i, t in enumerate(dataset.layout.lut[:34])]
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         names = []
@@ -83,16 +100,18 @@ def old_eval_pipeline(net: torch.nn.Module, dataset, num_images: int, num_classe
             label_path = dataset.label_path(i)
             h, w = np.asarray(Image.open(label_path)).shape
             main = net(item["image"].unsqueeze(0), output_size=(h, w))[1]  # the same forward as ours
-            pred = np.asarray(np.argmax(main[0].cpu().numpy(), axis=0), dtype=np.uint8)
+            scores = main.cpu().numpy()[0].transpose(1, 2, 0)
+            pred = np.asarray(np.argmax(scores, axis=2), dtype=np.uint8)
+            colour = Image.fromarray(pred).convert("P")
+            colour.putpalette(palette)
             out = Path(tmp) / f"{i}.png"
             Image.fromarray(pred).save(out)
+            colour.save(Path(tmp) / f"{i}_color.png")
             names.append((out, label_path))
         hist = np.zeros((num_classes, num_classes))
-        lut = dataset.layout.lut
         for pred_path, label_path in names:
-            pred = np.asarray(Image.open(pred_path)).astype(np.int64)
-            label = old_remap(np.asarray(Image.open(label_path)), lut).astype(np.int64)
-            label[label == 255] = -1
+            pred = np.array(Image.open(pred_path))
+            label = old_label_mapping(np.array(Image.open(label_path)), pairs)
             hist += fast_hist(label.flatten(), pred.flatten(), num_classes)
     seconds = time.perf_counter() - start
     with np.errstate(divide="ignore", invalid="ignore"):
