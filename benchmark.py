@@ -154,8 +154,10 @@ def bench_steps(table: Table, args, device, sources, targets) -> None:
                   "old way / ours (median, min)")
     for amp in amp_modes(device)[1:]:
         step = make_step(TrainStep, device, True, amp=amp)
-        table.add(f"distill step (ours, {amp} autocast)", step_times(step, sources, targets, args.repeats, args.warmup),
-                  "s/step")
+        row = table.add(f"distill step (ours, {amp} autocast)",
+                        step_times(step, sources, targets, args.repeats, args.warmup), "s/step")
+        table.add(f"distill step speed-up ({amp} autocast)", ratio(rows["distill", "old way"], row), "x",
+                  "old way (fp32) / ours with --amp " + amp)
     step = make_step(TrainStep, device, True, channels_last=True)
     times = step_times(step, sources, targets, args.repeats, args.warmup)
     table.add("distill step (ours, channels_last)", times, "s/step")
@@ -189,18 +191,19 @@ def bench_eval(table: Table, args, root: Path, device) -> None:
     dataset = build_dataset("cityscapes", root / "cityscapes", "val", size=args.size, label_size="full")
     torch.manual_seed(SEED)
     net = build_seg_model(STUDENT).to(device).eval()
-
-    def ours() -> None:
-        loader = DataLoader(dataset, batch_size=1, collate_fn=eval_collate, num_workers=0)
-        evaluate(net, loader, device, progress=False)
-
-    fast_times = timed(ours, args.repeats, args.warmup)
-    fast = table.add("eval pipeline (ours)", [len(dataset) / t for t in fast_times], "images/s",
-                     f"{len(dataset)} images, labels at full size")
     slow_times = timed(lambda: old_eval_pipeline(net, dataset, len(dataset)), args.repeats, args.warmup)
     slow = table.add("eval pipeline (old way)", [len(dataset) / t for t in slow_times], "images/s",
                      "NumPy arg-max, PNGs, per-id remap, fast_hist")
-    table.add("eval pipeline speed-up", [fast["median"] / slow["median"], fast["min"] / slow["min"]], "x")
+    for amp in amp_modes(device):
+        def ours(amp=amp) -> None:
+            loader = DataLoader(dataset, batch_size=1, collate_fn=eval_collate, num_workers=0)
+            evaluate(net, loader, device, progress=False, amp=amp)
+
+        fast_times = timed(ours, args.repeats, args.warmup)
+        suffix = "" if amp == "off" else f" ({amp} autocast)"
+        fast = table.add(f"eval pipeline (ours){suffix}", [len(dataset) / t for t in fast_times], "images/s",
+                         f"{len(dataset)} images, labels at full size")
+        table.add(f"eval pipeline speed-up{suffix}", [fast["median"] / slow["median"], fast["min"] / slow["min"]], "x")
 
 
 # --- inference -------------------------------------------------------------------------------------

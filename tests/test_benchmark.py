@@ -8,9 +8,11 @@ from tests.conftest import run_script
 ROWS = [
     "adapt step (ours)", "adapt step (old way)", "adapt step speed-up",
     "distill step (ours)", "distill step (old way)", "distill step speed-up",
-    "distill step (ours, bf16 autocast)", "distill step (ours, channels_last)",
+    "distill step (ours, bf16 autocast)", "distill step speed-up (bf16 autocast)",
+    "distill step (ours, channels_last)",
     *[f"{kind} {name}" for name in ("gta5", "cityscapes", "bdd") for kind in ("loader", "label remap")],
     "eval pipeline (ours)", "eval pipeline (old way)", "eval pipeline speed-up",
+    "eval pipeline (ours) (bf16 autocast)", "eval pipeline speed-up (bf16 autocast)",
     *[f"{what} {role} {arch}" for role, arch in (("student", "drn_d_22"), ("teacher", "drn_d_38"))
       for what in ("infer", "params", "GFLOPs", "peak memory")],
 ]
