@@ -12,6 +12,7 @@ and, where compared, the total number of steps.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -39,6 +40,7 @@ STEPS = 300                   # per compared row; the DAKD student's phases add 
 TEACHER_STEPS = 600           # the deeper teacher needs a longer schedule from scratch to beat the student
 BATCH_SIZE = 4
 LEARNING_RATE = 0.01          # from scratch, not the paper's 2.5e-4 fine-tuning rate
+ZERO_INIT_RESIDUAL = True     # from scratch, the DRN-D-38 teacher trains badly without it (README)
 PARADIGM = "sequential"
 SEED = 1234
 NUM_WORKERS = 1
@@ -76,6 +78,8 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--size", type=size_arg, default=None, help=f"frame size W,H (default {SIZE[0]},{SIZE[1]})")
     p.add_argument("--batch-size", type=positive_int, default=None, help=f"default {BATCH_SIZE}")
     p.add_argument("--learning-rate", type=float, default=LEARNING_RATE)
+    p.add_argument("--zero-init-residual", action=argparse.BooleanOptionalAction, default=ZERO_INIT_RESIDUAL,
+                   help="start every residual block as the identity (the training scripts' flag)")
     p.add_argument("--num-workers", type=int, default=NUM_WORKERS)
     p.add_argument("--threads", type=positive_int, default=None,
                    help="torch compute threads (default: the cores left after the loader workers)")
@@ -135,7 +139,8 @@ def common_flags(args, data: Path, out: Path) -> list[str]:
             "--batch-size", str(args.batch_size), "--num-steps", str(args.steps),
             "--learning-rate", str(args.learning_rate), "--pretrained", "none", "--random-seed", str(args.seed),
             "--num-workers", str(args.num_workers), "--device", args.device, "--snapshot-dir", str(out),
-            "--save-pred-every", str(max(args.steps, 1)), "--log-every", "10", "--random-mirror"]
+            "--save-pred-every", str(max(args.steps, 1)), "--log-every", "10", "--random-mirror",
+            "--zero-init-residual" if args.zero_init_residual else "--no-zero-init-residual"]
 
 
 def check_out_folder(args, out: Path) -> None:
@@ -222,7 +227,8 @@ def summarize(args, out: Path, results: dict[str, dict]) -> dict:
     summary = {
         "settings": {"size": list(args.size), "steps": args.steps, "teacher_steps": args.teacher_steps,
                      "batch_size": args.batch_size,
-                     "learning_rate": args.learning_rate, "paradigm": args.paradigm, "seed": args.seed,
+                     "learning_rate": args.learning_rate, "zero_init_residual": args.zero_init_residual,
+                     "paradigm": args.paradigm, "seed": args.seed,
                      "quick": args.quick, "num_train": args.num_train, "num_val": args.num_val},
         "note": ("smoke run (--quick): numbers are not meaningful" if args.quick else
                  "synthetic benchmark, random init; see README for the 3-seed summary"),
@@ -263,6 +269,7 @@ def run_one(args, out: Path) -> dict:
     quick = " (--quick smoke run)" if args.quick else ""
     print(f"demo: {w}x{h} frames, {args.steps} steps per compared row ({args.teacher_steps} for the teacher), "
           f"batch {args.batch_size}, lr {args.learning_rate}, "
+          f"zero-init residual {'on' if args.zero_init_residual else 'off'}, "
           f"paradigm {args.paradigm}, seed {args.seed}, {torch.get_num_threads()} compute thread(s){quick}")
     data = ensure_data(args)
     finals = train_all(args, data, out)

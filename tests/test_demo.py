@@ -35,6 +35,7 @@ def test_quick_demo_writes_results_for_every_model_through_the_training_scripts(
         assert cfg["script"] == script.__name__ + ".py"
         assert cfg["arch"] == script.ARCH and cfg["aux_layer"] == script.AUX_LAYER
         assert cfg["lambda_seg"] == script.LAMBDA_SEG
+        assert cfg["pretrained"] == "none" and cfg["zero_init_residual"] is True  # the demo's from-scratch recipe
     assert config("source_only")["lambda_adv_target1"] == 0 and config("source_only")["lambda_adv_target2"] == 0
     assert config("student")["lambda_adv_target2"] == student_script.LAMBDA_ADV_TARGET2
     dakd = config("dakd")
