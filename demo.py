@@ -6,9 +6,10 @@ undistilled DRN-D-22 student and the DRN-D-38 teacher (both with multi-level adv
 and the DAKD student distilled from that teacher. Each is scored on the synthetic Cityscapes val split
 with eval_cs.py; the table, results.json, results.md and figures land in --out.
 
-Every net starts from random weights (no ImageNet weights offline), so the demo trains with a larger
-learning rate than the paper's fine-tuning schedules; all rows share the seed, the image size, the batch
-and, where compared, the total number of steps.
+Every net starts from random weights (no ImageNet weights offline), with every residual block starting as
+the identity (--zero-init-residual), and trains with a larger learning rate than the paper's fine-tuning
+schedules; all rows share the seed, the image size, the batch and, where compared, the total number of
+steps.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ SIZE = (64, 32)               # (w, h) of the Cityscapes-like frames; source fra
 NUM_TRAIN, NUM_VAL = 200, 50
 DATA_SEED = 0
 STEPS = 300                   # per compared row; the DAKD student's phases add up to the same total
-TEACHER_STEPS = 600           # the deeper teacher needs a longer schedule from scratch to beat the student
+TEACHER_STEPS = 600           # twice the rows' steps: from scratch, the deeper net needs them to pull ahead
 BATCH_SIZE = 4
 LEARNING_RATE = 0.01          # from scratch, not the paper's 2.5e-4 fine-tuning rate
 ZERO_INIT_RESIDUAL = True     # from scratch, the DRN-D-38 teacher trains badly without it (README)
