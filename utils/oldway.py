@@ -70,9 +70,9 @@ def old_label_mapping(raw: np.ndarray, pairs: list[tuple[int, int]]) -> np.ndarr
     return np.array(out, dtype=np.int64)
 
 
-def id_table(lut: np.ndarray, num_ids: int | None = None) -> dict[int, int]:
+def id_table(lut: np.ndarray) -> dict[int, int]:
     """The old code's `{label id: train id}` dict for a 256-entry LUT (ids that are not ignored)."""
-    return {i: int(t) for i, t in enumerate(lut[:num_ids]) if t != 255}
+    return {i: int(t) for i, t in enumerate(lut) if t != 255}
 
 
 def fast_hist(label: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
