@@ -13,6 +13,7 @@ input) unless --data-dir points at one.
 """
 from __future__ import annotations
 
+import copy
 import json
 import statistics
 import sys
@@ -194,13 +195,16 @@ def bench_eval(table: Table, args, root: Path, device) -> None:
     slow_times = timed(lambda: old_eval_pipeline(net, dataset, len(dataset)), args.repeats, args.warmup)
     slow = table.add("eval pipeline (old way)", [len(dataset) / t for t in slow_times], "images/s",
                      "NumPy arg-max, PNGs, per-id remap, fast_hist")
-    for amp in amp_modes(device):
-        def ours(amp=amp) -> None:
+    variants = [("off", False)] + [(amp, cl) for amp in amp_modes(device)[1:] for cl in (False, True)]
+    for amp, channels_last in variants:
+        model = copy.deepcopy(net).to(memory_format=torch.channels_last) if channels_last else net
+
+        def ours(model=model, amp=amp, channels_last=channels_last) -> None:
             loader = DataLoader(dataset, batch_size=1, collate_fn=eval_collate, num_workers=0)
-            evaluate(net, loader, device, progress=False, amp=amp)
+            evaluate(model, loader, device, progress=False, amp=amp, channels_last=channels_last)
 
         fast_times = timed(ours, args.repeats, args.warmup)
-        suffix = "" if amp == "off" else f" ({amp} autocast)"
+        suffix = "" if amp == "off" else f" ({amp} autocast{', channels_last' if channels_last else ''})"
         fast = table.add(f"eval pipeline (ours){suffix}", [len(dataset) / t for t in fast_times], "images/s",
                          f"{len(dataset)} images, labels at full size")
         table.add(f"eval pipeline speed-up{suffix}", [fast["median"] / slow["median"], fast["min"] / slow["min"]], "x")

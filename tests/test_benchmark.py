@@ -13,6 +13,7 @@ ROWS = [
     *[f"{kind} {name}" for name in ("gta5", "cityscapes", "bdd") for kind in ("loader", "label remap")],
     "eval pipeline (ours)", "eval pipeline (old way)", "eval pipeline speed-up",
     "eval pipeline (ours) (bf16 autocast)", "eval pipeline speed-up (bf16 autocast)",
+    "eval pipeline (ours) (bf16 autocast, channels_last)", "eval pipeline speed-up (bf16 autocast, channels_last)",
     *[f"{what} {role} {arch}" for role, arch in (("student", "drn_d_22"), ("teacher", "drn_d_38"))
       for what in ("infer", "params", "GFLOPs", "peak memory")],
 ]

@@ -89,6 +89,14 @@ def test_both_protocols_run_and_score_different_pixel_counts(checkpoint, synthet
     assert small["protocol"]["label_size"] == "input"
 
 
+def test_bf16_channels_last_scores_like_fp32(checkpoint, synthetic_root):
+    plain = run_eval(checkpoint, synthetic_root / "cityscapes")
+    fast = run_eval(checkpoint, synthetic_root / "cityscapes", "--amp", "bf16", "--channels-last")
+    assert fast["protocol"]["amp"] == "bf16" and fast["protocol"]["channels_last"] is True
+    assert fast["num_pixels"] == plain["num_pixels"]
+    assert abs(fast["pixel_acc"] - plain["pixel_acc"]) < 0.05  # bf16 moves a few near-tie pixels
+
+
 def test_tta_and_limit(checkpoint, synthetic_root):
     out = run_eval(checkpoint, synthetic_root / "cityscapes", "--flip", "--scales", "0.75,1.0", "--limit", "2")
     assert out["num_images"] == 2 and 0.0 <= out["mIoU"] <= 1.0

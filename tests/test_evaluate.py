@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.errors import ConfigError
-from utils.evaluate import eval_collate, evaluate, predict_labels, predict_scores
+from utils.evaluate import class_argmax, eval_collate, evaluate, predict_labels, predict_scores
 
 
 class ConstantNet(nn.Module):
@@ -143,3 +143,24 @@ def test_evaluate_runs_a_real_segnet():
     label = torch.randint(0, 19, (2, 24, 40))
     out = evaluate(net, [{"image": torch.randn(2, 3, 12, 20), "label": label}], "cpu", flip=True, progress=False)
     assert 0.0 <= out["mIoU"] <= 1.0 and out["num_pixels"] == 2 * 24 * 40
+
+
+def test_class_argmax_equals_argmax_with_ties_picking_the_first_class():
+    torch.manual_seed(0)
+    scores = torch.randint(0, 3, (2, 19, 7, 9)).float()  # many exact ties
+    assert torch.equal(class_argmax(scores), scores.argmax(dim=1))
+    scores = torch.randn(1, 19, 33, 65)
+    assert torch.equal(class_argmax(scores), scores.argmax(dim=1))
+
+
+def test_channels_last_gives_the_same_confusion_and_is_recorded():
+    from model import build_seg_model
+
+    torch.manual_seed(0)
+    net = build_seg_model("drn_d_22").eval()
+    batch = {"image": torch.randn(2, 3, 16, 24), "label": torch.randint(0, 19, (2, 32, 48))}
+    plain = evaluate(net, [batch], "cpu", progress=False)
+    fast = evaluate(net.to(memory_format=torch.channels_last), [batch], "cpu", channels_last=True, progress=False)
+    assert fast["protocol"]["channels_last"] and not plain["protocol"]["channels_last"]
+    # the same arithmetic in another memory order: at most a near-tie pixel may flip
+    assert (fast["confusion"] - plain["confusion"]).abs().sum() <= 2

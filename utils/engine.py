@@ -396,7 +396,7 @@ class _Validator:
                                           num_workers=min(2, self.cfg.num_workers))
             start = time.time()
             result = evaluate(unwrap(net), self._loader, self.device, limit=self.cfg.eval_limit, amp=self.cfg.amp,
-                              progress=False)
+                              channels_last=self.cfg.channels_last, progress=False)
             self.logger.log(global_step, {"val/mIoU": result["mIoU"], "val/pixel_acc": result["pixel_acc"],
                                           "val/seconds": time.time() - start})
             if self.cfg.keep_best and result["mIoU"] > self.best:

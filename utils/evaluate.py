@@ -69,7 +69,14 @@ def predict_scores(net: nn.Module, images: torch.Tensor, output_size: tuple[int,
 def predict_labels(net: nn.Module, images: torch.Tensor, output_size: tuple[int, int] | None = None, *,
                    flip: bool = False, scales: Sequence[float] = (1.0,)) -> torch.Tensor:
     """Arg-max train ids (N, H, W) of the main head at `output_size` (see `predict_scores`)."""
-    return predict_scores(net, images, output_size, flip=flip, scales=scales).argmax(dim=1)
+    return class_argmax(predict_scores(net, images, output_size, flip=flip, scales=scales))
+
+
+def class_argmax(scores: torch.Tensor) -> torch.Tensor:
+    """`scores.argmax(dim=1)`: the first index of the largest score over the classes of (N, C, H, W)."""
+    # Same result, ties included, but on the CPU `max(dim=1)` is several times faster than `argmax(dim=1)`
+    # over the class dimension of a contiguous NCHW map (15 ms against 53-86 ms at 19x512x1024, measured).
+    return scores.max(dim=1).indices
 
 
 def _labels_of(batch: dict) -> list[torch.Tensor]:
@@ -118,7 +125,7 @@ def _sync(device: torch.device) -> None:
 
 def evaluate(net: nn.Module, loader: Iterable[dict], device: torch.device | str, *, num_classes: int = 19,
              label_size: str = "full", flip: bool = False, scales: Sequence[float] = (1.0,),
-             limit: int | None = None, amp: str = "off",
+             limit: int | None = None, amp: str = "off", channels_last: bool = False,
              on_batch: Callable[[dict, list[torch.Tensor]], None] | None = None,
              progress: bool = True, reduce: bool = False) -> dict:
     """Score `net` (main head) on every labelled batch of `loader`; one confusion matrix on `device`.
@@ -126,7 +133,8 @@ def evaluate(net: nn.Module, loader: Iterable[dict], device: torch.device | str,
     `label_size` names the protocol the loader's labels follow: "full" (labels at the file's
     size; the output is upsampled bilinearly to it, SPEC 7) or "input" (the old code's labels,
     nearest-resized to the input size). `on_batch(batch, preds)` sees each batch and its list of
-    (H, W) train-id predictions (fewer than the batch when `limit` cuts it). With `reduce`, every
+    (H, W) train-id predictions (fewer than the batch when `limit` cuts it). `channels_last` feeds
+    the images in that memory format (convert the net too; with bf16 autocast it helps on the CPU). With `reduce`, every
     process of an initialised process group must call this on its own shard: the counts are summed
     over processes (without it, only this process's images count, e.g. validation on rank 0 alone).
     Returns the scores of
@@ -155,6 +163,8 @@ def evaluate(net: nn.Module, loader: Iterable[dict], device: torch.device | str,
                     keep = limit - num_images
                     images, labels = images[:keep], labels[:keep]
                 images = images.to(device, non_blocking=True)
+                if channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
                 labels = [lb.to(device, non_blocking=True) for lb in labels]
                 if label_size == "input":
                     _check_input_labels(images, labels)
@@ -184,7 +194,8 @@ def evaluate(net: nn.Module, loader: Iterable[dict], device: torch.device | str,
         "images_per_s": num_images / seconds if seconds > 0 else float("nan"),
         "model_seconds": model_seconds,
         "protocol": {"label_size": label_size, "input_size": input_size, "flip": flip,
-                     "scales": list(scales), "amp": amp, "head": "main"},
+                     "scales": list(scales), "amp": amp, "channels_last": channels_last,
+                     "head": "main"},
     })
     return result
 
