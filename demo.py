@@ -49,7 +49,8 @@ SHOW_CLASSES = ("road", "building", "vegetation", "sky", "car", "person")
 QUICK = {"size": (64, 32), "num_train": 16, "num_val": 8, "steps": 4, "batch_size": 2}
 
 # Relative cost of one step of each stage (a source-only DRN-D-22 step = 1), for the time estimate.
-STAGE_COST = {"source_only": 1.0, "student": 2.2, "teacher": 3.4, "dakd": 3.2}
+STAGE_COST = {"source_only": 1.0, "student": 2.2, "teacher": 3.4, "dakd": 3.2, "oracle_teacher": 1.6,
+              "oracle_dakd": 3.2}
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,9 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--learning-rate", type=float, default=LEARNING_RATE)
     p.add_argument("--zero-init-residual", action=argparse.BooleanOptionalAction, default=ZERO_INIT_RESIDUAL,
                    help="start every residual block as the identity (the training scripts' flag)")
+    p.add_argument("--oracle", action="store_true",
+                   help="two diagnostic rows more (about 5 minutes per seed here): a DRN-D-38 trained on the target's "
+                        "train labels, and a DAKD student distilled from it, to show what a stronger teacher gives")
     p.add_argument("--num-workers", type=int, default=NUM_WORKERS)
     p.add_argument("--threads", type=positive_int, default=None,
                    help="torch compute threads (default: the cores left after the loader workers)")
@@ -123,13 +127,23 @@ def stages(args) -> list[Stage]:
         dakd = ("--paradigm", "sequential", "--num-steps", str(first), "--num-steps-target", str(s - first))
     else:
         dakd = ("--paradigm", args.paradigm, "--num-steps", str(s))
-    return [
+    rows = [
         Stage("source_only", "DRN-D-22 source only", train_gta2cs_multi_drnd22, no_adv, s),
         Stage("student", "DRN-D-22 adapted (undistilled student)", train_gta2cs_multi_drnd22, (), s),
         Stage("teacher", "DRN-D-38 adapted (teacher)", train_gta2cs_multi_drnd38,
               ("--num-steps", str(args.teacher_steps)), args.teacher_steps),
         Stage("dakd", f"DRN-D-22 DAKD student ({args.paradigm})", train_gta2cs_ts_multi, dakd, s),
     ]
+    if args.oracle:
+        # Diagnostic only: this teacher reads the target's train labels, which no compared row may read.
+        oracle = ("--source", "cityscapes", "--num-steps", str(args.teacher_steps), *no_adv)
+        rows += [
+            Stage("oracle_teacher", "DRN-D-38 oracle, target labels (diagnostic)", train_gta2cs_multi_drnd38,
+                  oracle, args.teacher_steps),
+            Stage("oracle_dakd", f"DRN-D-22 DAKD student from the oracle ({args.paradigm}, diagnostic)",
+                  train_gta2cs_ts_multi, dakd, s),
+        ]
+    return rows
 
 
 def common_flags(args, data: Path, out: Path) -> list[str]:
@@ -147,7 +161,7 @@ def common_flags(args, data: Path, out: Path) -> list[str]:
 def check_out_folder(args, out: Path) -> None:
     """Create --out; a folder from an earlier demo is reused only when its settings are the same."""
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
-                if k not in ("out", "debug", "num_workers", "device", "threads", "seeds")}
+                if k not in ("out", "debug", "num_workers", "device", "threads", "seeds", "oracle")}
     stamp = out / "settings.json"
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -184,8 +198,10 @@ def train_all(args, data: Path, out: Path) -> dict[str, Path]:
             print(f"reusing {finals[st.key]} (same settings; delete {folder} to train it again)")
         else:
             flags = [*common_flags(args, data, folder), *st.flags]
-            if st.key == "dakd":
-                flags += ["--teacher", str(finals["teacher"])]
+            if st.key == "oracle_teacher":  # its labelled source is the target's train split
+                flags += ["--data-dir", str(data / "cityscapes")]
+            if st.key.endswith("dakd"):
+                flags += ["--teacher", str(finals[st.key.replace("dakd", "teacher")])]
             if (folder / "last.pth").is_file():  # an interrupted earlier demo: continue where it stopped
                 print(f"resuming {folder / 'last.pth'}")
                 flags += ["--resume", str(folder / "last.pth")]
@@ -221,7 +237,7 @@ def summarize(args, out: Path, results: dict[str, dict]) -> dict:
               "drn_d_38": count_parameters(build_seg_model("drn_d_38"))}
     rows = []
     for key, res in results.items():
-        arch = "drn_d_38" if key == "teacher" else "drn_d_22"
+        arch = "drn_d_38" if key.endswith("teacher") else "drn_d_22"
         rows.append({"model": key, "title": titles[key], "arch": arch, "parameters": params[arch],
                      "mIoU": res["mIoU"], "pixel_acc": res["pixel_acc"], "mean_acc": res["mean_acc"],
                      "per_class": res["per_class"]})
@@ -229,7 +245,7 @@ def summarize(args, out: Path, results: dict[str, dict]) -> dict:
         "settings": {"size": list(args.size), "steps": args.steps, "teacher_steps": args.teacher_steps,
                      "batch_size": args.batch_size,
                      "learning_rate": args.learning_rate, "zero_init_residual": args.zero_init_residual,
-                     "paradigm": args.paradigm, "seed": args.seed,
+                     "paradigm": args.paradigm, "seed": args.seed, "oracle": args.oracle,
                      "quick": args.quick, "num_train": args.num_train, "num_val": args.num_val},
         "note": ("smoke run (--quick): numbers are not meaningful" if args.quick else
                  "synthetic benchmark, random init; see README for the 3-seed summary"),

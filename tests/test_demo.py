@@ -41,3 +41,18 @@ def test_quick_demo_writes_results_for_every_model_through_the_training_scripts(
     dakd = config("dakd")
     assert dakd["lambda_kl"] == distill_script.LAMBDA_KL and dakd["paradigm"] == "sequential"
     assert dakd["teacher"] == str(out / "teacher" / "final.pth")
+
+    # --oracle on the same folder reuses the four rows and adds the two diagnostic ones
+    result = run_script("demo.py", "--quick", "--oracle", "--out", str(out), "--data-dir", str(data), timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("reusing ") == 4
+    summary = json.loads((out / "results.json").read_text())
+    assert [row["model"] for row in summary["models"]] == [
+        "source_only", "student", "teacher", "dakd", "oracle_teacher", "oracle_dakd"]
+    assert summary["models"][4]["arch"] == "drn_d_38" and summary["settings"]["oracle"] is True
+    oracle = config("oracle_teacher")
+    assert oracle["script"] == "train_gta2cs_multi_drnd38.py" and oracle["source"] == "cityscapes"
+    assert oracle["data_dir"] == str(data / "64x32_n16_s0" / "cityscapes") and oracle["source_split"] == "train"
+    assert oracle["lambda_adv_target1"] == 0 and oracle["lambda_adv_target2"] == 0
+    assert config("oracle_dakd")["teacher"] == str(out / "oracle_teacher" / "final.pth")
+    assert config("oracle_dakd")["data_dir"] == dakd["data_dir"]  # the student still learns from the source

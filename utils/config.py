@@ -10,7 +10,7 @@ from typing import Optional
 from utils.cli import ArgumentParser, non_negative_int, positive_int, size_arg
 
 PARADIGMS = ("source", "target", "both", "sequential")
-SOURCES = ("gta5", "bdd")
+SOURCES = ("gta5", "bdd", "cityscapes")  # cityscapes: its own labels, the "oracle" upper bound
 TARGETS = ("cityscapes", "bdd")
 
 
@@ -172,7 +172,9 @@ def build_parser(defaults: TrainConfig, *, prog: str, description: str, distill:
     g.add_argument("--restore-from", dest="restore_from", default=d.restore_from,
                    help="initialise the whole net from this checkpoint (our, old-code or ImageNet form)")
     g = p.add_argument_group("data")
-    g.add_argument("--source", choices=SOURCES, default=d.source)
+    g.add_argument("--source", choices=SOURCES, default=d.source,
+                   help="labelled dataset; 'cityscapes' with both --lambda-adv-target* 0 trains on the "
+                        "target's own labels (the oracle upper bound of domain adaptation papers)")
     g.add_argument("--target", choices=TARGETS, default=d.target)
     g.add_argument("--data-dir", dest="data_dir", default=d.data_dir, help="source dataset root")
     g.add_argument("--data-list", dest="data_list", default=d.data_list,
