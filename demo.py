@@ -62,6 +62,8 @@ class Stage:
     script: object
     flags: tuple[str, ...]
     steps: int
+    teacher: str | None = None        # key of the stage whose final.pth is distilled
+    source: str = "gta5"              # the benchmark's layout it learns labels from
 
 
 def parse_args(argv: Sequence[str] | None):
@@ -132,16 +134,16 @@ def stages(args) -> list[Stage]:
         Stage("student", "DRN-D-22 adapted (undistilled student)", train_gta2cs_multi_drnd22, (), s),
         Stage("teacher", "DRN-D-38 adapted (teacher)", train_gta2cs_multi_drnd38,
               ("--num-steps", str(args.teacher_steps)), args.teacher_steps),
-        Stage("dakd", f"DRN-D-22 DAKD student ({args.paradigm})", train_gta2cs_ts_multi, dakd, s),
+        Stage("dakd", f"DRN-D-22 DAKD student ({args.paradigm})", train_gta2cs_ts_multi, dakd, s, teacher="teacher"),
     ]
     if args.oracle:
         # Diagnostic only: this teacher reads the target's train labels, which no compared row may read.
         oracle = ("--source", "cityscapes", "--num-steps", str(args.teacher_steps), *no_adv)
         rows += [
             Stage("oracle_teacher", "DRN-D-38 oracle, target labels (diagnostic)", train_gta2cs_multi_drnd38,
-                  oracle, args.teacher_steps),
+                  oracle, args.teacher_steps, source="cityscapes"),
             Stage("oracle_dakd", f"DRN-D-22 DAKD student from the oracle ({args.paradigm}, diagnostic)",
-                  train_gta2cs_ts_multi, dakd, s),
+                  train_gta2cs_ts_multi, dakd, s, teacher="oracle_teacher"),
         ]
     return rows
 
@@ -149,7 +151,7 @@ def stages(args) -> list[Stage]:
 def common_flags(args, data: Path, out: Path) -> list[str]:
     """Flags every training stage shares: data, sizes, batch, schedule, seed, device."""
     size = f"{args.size[0]},{args.size[1]}"
-    return ["--data-dir", str(data / "gta5"), "--data-dir-target", str(data / "cityscapes"),
+    return ["--data-dir-target", str(data / "cityscapes"),
             "--input-size", size, "--input-size-target", size, "--eval-size", size,
             "--batch-size", str(args.batch_size), "--num-steps", str(args.steps),
             "--learning-rate", str(args.learning_rate), "--pretrained", "none", "--random-seed", str(args.seed),
@@ -197,11 +199,9 @@ def train_all(args, data: Path, out: Path) -> dict[str, Path]:
         if finals[st.key].is_file():
             print(f"reusing {finals[st.key]} (same settings; delete {folder} to train it again)")
         else:
-            flags = [*common_flags(args, data, folder), *st.flags]
-            if st.key == "oracle_teacher":  # its labelled source is the target's train split
-                flags += ["--data-dir", str(data / "cityscapes")]
-            if st.key.endswith("dakd"):
-                flags += ["--teacher", str(finals[st.key.replace("dakd", "teacher")])]
+            flags = [*common_flags(args, data, folder), "--data-dir", str(data / st.source), *st.flags]
+            if st.teacher:
+                flags += ["--teacher", str(finals[st.teacher])]
             if (folder / "last.pth").is_file():  # an interrupted earlier demo: continue where it stopped
                 print(f"resuming {folder / 'last.pth'}")
                 flags += ["--resume", str(folder / "last.pth")]
@@ -232,13 +232,13 @@ def summarize(args, out: Path, results: dict[str, dict]) -> dict:
     """results.json / results.md and the printed table."""
     from model import build_seg_model, count_parameters
 
-    titles = {st.key: st.title for st in stages(args)}
+    plan = {st.key: st for st in stages(args)}
     params = {"drn_d_22": count_parameters(build_seg_model("drn_d_22")),
               "drn_d_38": count_parameters(build_seg_model("drn_d_38"))}
     rows = []
     for key, res in results.items():
-        arch = "drn_d_38" if key.endswith("teacher") else "drn_d_22"
-        rows.append({"model": key, "title": titles[key], "arch": arch, "parameters": params[arch],
+        arch = plan[key].script.ARCH
+        rows.append({"model": key, "title": plan[key].title, "arch": arch, "parameters": params[arch],
                      "mIoU": res["mIoU"], "pixel_acc": res["pixel_acc"], "mean_acc": res["mean_acc"],
                      "per_class": res["per_class"]})
     summary = {
