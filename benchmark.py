@@ -33,7 +33,7 @@ from dataset import build_dataset
 from dataset.base import apply_lut
 from dataset.benchmark_loader import loader_throughput
 from dataset.decode import read_label
-from model import Discriminator, build_seg_model, count_parameters
+from model import Discriminator, build_seg_model, count_parameters, fold_batchnorm
 from utils.cli import ArgumentParser, non_negative_int, positive_int, run_cli, size_arg
 from utils.evaluate import eval_collate, evaluate
 from utils.oldway import OldWayStep, id_table, old_eval_pipeline, old_remap
@@ -195,16 +195,24 @@ def bench_eval(table: Table, args, root: Path, device) -> None:
     slow_times = timed(lambda: old_eval_pipeline(net, dataset, len(dataset)), args.repeats, args.warmup)
     slow = table.add("eval pipeline (old way)", [len(dataset) / t for t in slow_times], "images/s",
                      "NumPy arg-max, PNGs, per-id remap, fast_hist")
-    variants = [("off", False)] + [(amp, cl) for amp in amp_modes(device)[1:] for cl in (False, True)]
-    for amp, channels_last in variants:
-        model = copy.deepcopy(net).to(memory_format=torch.channels_last) if channels_last else net
+    # (autocast, channels_last, folded batch norm): plain, each low precision with and without
+    # channels_last, and the fastest combinations with the batch norms folded into the convolutions.
+    low = amp_modes(device)[1:]
+    variants = ([("off", False, False)] + [(amp, cl, False) for amp in low for cl in (False, True)]
+                + [("off", False, True)] + [(amp, True, True) for amp in low])
+    for amp, channels_last, fold_bn in variants:
+        model = fold_batchnorm(net) if fold_bn else net
+        if channels_last:
+            model = copy.deepcopy(model).to(memory_format=torch.channels_last)
 
         def ours(model=model, amp=amp, channels_last=channels_last) -> None:
             loader = DataLoader(dataset, batch_size=1, collate_fn=eval_collate, num_workers=0)
             evaluate(model, loader, device, progress=False, amp=amp, channels_last=channels_last)
 
         fast_times = timed(ours, args.repeats, args.warmup)
-        suffix = "" if amp == "off" else f" ({amp} autocast{', channels_last' if channels_last else ''})"
+        options = ([f"{amp} autocast"] if amp != "off" else []) + (["channels_last"] if channels_last else []) \
+            + (["folded BN"] if fold_bn else [])
+        suffix = f" ({', '.join(options)})" if options else ""
         fast = table.add(f"eval pipeline (ours){suffix}", [len(dataset) / t for t in fast_times], "images/s",
                          f"{len(dataset)} images, labels at full size")
         table.add(f"eval pipeline speed-up{suffix}", [fast["median"] / slow["median"], fast["min"] / slow["min"]], "x")

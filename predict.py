@@ -12,6 +12,7 @@ extract the frames first (`ffmpeg -i drive.mp4 frames/%06d.png`) and pass the fo
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from tqdm import tqdm
 
 from dataset.decode import read_image
 from dataset.transforms import resize_pair, to_normalized
+from model import fold_batchnorm
 from utils.cli import ArgumentParser, check_output, positive_int, run_cli, size_arg
 from utils.errors import ConfigError, DatasetError
 from utils.evaluate import load_net, predict_labels
@@ -30,6 +32,7 @@ from utils.runtime import AMP_DTYPES, autocast, resolve_device
 INPUT_SIZE = "1024,512"
 DEVICE = "auto"
 AMP = "off"
+FOLD_BN = False
 ALPHA = 0.5
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # what torchvision.io.decode_image reads
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
@@ -44,6 +47,8 @@ def get_parser() -> ArgumentParser:
     p.add_argument("--input-size", type=size_arg, default=size_arg(INPUT_SIZE), help="W,H fed to the net")
     p.add_argument("--device", default=DEVICE, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", choices=sorted(AMP_DTYPES), default=AMP, help="autocast precision")
+    p.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=FOLD_BN,
+                   help="fold each batch norm into the convolution before it (faster, same masks up to float rounding)")
     p.add_argument("--flip", action="store_true", help="average with the mirrored image")
     p.add_argument("--alpha", type=float, default=ALPHA, help="overlay opacity of the colour mask (0..1)")
     p.add_argument("--label-ids", action="store_true", help="also write Cityscapes label-id PNGs")
@@ -115,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     device = resolve_device(args.device)
     total, inputs = collect_inputs(Path(args.input), args.every)
     net = load_net(args.restore_from, arch=args.arch, allow_pickle=args.allow_pickle, device=device)
+    if args.fold_bn:
+        net = fold_batchnorm(net)
     writer = PredictionWriter(args.out, None, alpha=args.alpha)
     for name, image in tqdm(inputs, total=total, desc="predict", unit="img", disable=args.no_progress):
         pred = segment_image(net, image, args.input_size, device, flip=args.flip, amp=args.amp).cpu()

@@ -6,14 +6,15 @@ from torch import nn
 
 from model.discriminator import Discriminator
 from model.drn import ARCHS, MODEL_URLS, build_drn, zero_init_residual
+from model.fold import fold_batchnorm
 from model.seg_net import DEFAULT_AUX_LAYER, SegNet
 from model.weights import LoadReport, build_from_checkpoint, load_weights, read_checkpoint, save_final
 from utils.errors import ConfigError
 
 __all__ = [
     "ARCHS", "DEFAULT_AUX_LAYER", "MODEL_URLS", "Discriminator", "LoadReport", "SegNet", "build_drn",
-    "build_from_checkpoint", "build_seg_model", "count_parameters", "load_weights", "read_checkpoint",
-    "save_final", "zero_init_residual",
+    "build_from_checkpoint", "build_seg_model", "count_parameters", "fold_batchnorm", "load_weights",
+    "read_checkpoint", "save_final", "zero_init_residual",
 ]
 
 

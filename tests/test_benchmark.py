@@ -14,6 +14,9 @@ ROWS = [
     "eval pipeline (ours)", "eval pipeline (old way)", "eval pipeline speed-up",
     "eval pipeline (ours) (bf16 autocast)", "eval pipeline speed-up (bf16 autocast)",
     "eval pipeline (ours) (bf16 autocast, channels_last)", "eval pipeline speed-up (bf16 autocast, channels_last)",
+    "eval pipeline (ours) (folded BN)", "eval pipeline speed-up (folded BN)",
+    "eval pipeline (ours) (bf16 autocast, channels_last, folded BN)",
+    "eval pipeline speed-up (bf16 autocast, channels_last, folded BN)",
     *[f"{what} {role} {arch}" for role, arch in (("student", "drn_d_22"), ("teacher", "drn_d_38"))
       for what in ("infer", "params", "GFLOPs", "peak memory")],
 ]

@@ -97,6 +97,16 @@ def test_bf16_channels_last_scores_like_fp32(checkpoint, synthetic_root):
     assert abs(fast["pixel_acc"] - plain["pixel_acc"]) < 0.05  # bf16 moves a few near-tie pixels
 
 
+def test_fold_bn_scores_like_the_plain_net_and_is_recorded(checkpoint, synthetic_root):
+    plain = run_eval(checkpoint, synthetic_root / "cityscapes")
+    folded = run_eval(checkpoint, synthetic_root / "cityscapes", "--fold-bn")
+    assert folded["protocol"]["fold_bn"] is True and plain["protocol"]["fold_bn"] is False
+    # the same arithmetic up to float rounding: at most a near-tie pixel or two may flip
+    diff = (np.asarray(folded["confusion"]) - np.asarray(plain["confusion"])).__abs__().sum()
+    assert diff <= 4
+    assert folded["mIoU"] == pytest.approx(plain["mIoU"], abs=1e-3)
+
+
 def test_tta_and_limit(checkpoint, synthetic_root):
     out = run_eval(checkpoint, synthetic_root / "cityscapes", "--flip", "--scales", "0.75,1.0", "--limit", "2")
     assert out["num_images"] == 2 and 0.0 <= out["mIoU"] <= 1.0

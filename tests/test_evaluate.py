@@ -164,3 +164,16 @@ def test_channels_last_gives_the_same_confusion_and_is_recorded():
     assert fast["protocol"]["channels_last"] and not plain["protocol"]["channels_last"]
     # the same arithmetic in another memory order: at most a near-tie pixel may flip
     assert (fast["confusion"] - plain["confusion"]).abs().sum() <= 2
+
+
+def test_bf16_predictions_are_the_arg_max_of_the_widened_scores():
+    from model import build_seg_model
+
+    torch.manual_seed(0)
+    net = build_seg_model("drn_d_22").eval()
+    images = torch.randn(1, 3, 16, 24)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        labels = predict_labels(net, images, (32, 48))
+        scores = predict_scores(net, images, (32, 48))
+    assert scores.dtype == torch.float32
+    assert torch.equal(labels, scores.argmax(dim=1))

@@ -68,6 +68,14 @@ def test_single_image_with_label_ids_and_flip(checkpoint, image_folder, tmp_path
     assert (out / "overlay" / f"{image.stem}.png").is_file()
 
 
+def test_fold_bn_writes_the_same_label_ids(checkpoint, image_folder, tmp_path):
+    image = sorted(image_folder.glob("*.png"))[0]
+    plain = run(checkpoint, image, tmp_path / "plain", "--label-ids")[0]
+    folded = run(checkpoint, image, tmp_path / "folded", "--label-ids", "--fold-bn")[0]
+    a, b = (np.asarray(Image.open(e["label_ids"])) for e in (plain, folded))
+    assert a.shape == b.shape and (a == b).mean() > 0.999
+
+
 def test_unsupported_or_missing_input_is_one_line_exit_2(checkpoint, image_folder, tmp_path, capsys):
     for bad in (image_folder / "notes.txt", tmp_path / "missing"):
         status = run_cli(predict.main, ["--restore-from", str(checkpoint), "--input", str(bad), "--out",

@@ -44,10 +44,17 @@ def predict_scores(net: nn.Module, images: torch.Tensor, output_size: tuple[int,
     are the mean of the probabilities over the mirrored and/or rescaled inputs. Arg-max over dim 1
     gives the prediction either way.
     """
+    return _scores(net, images, output_size, flip, scales).float()
+
+
+def _scores(net: nn.Module, images: torch.Tensor, output_size: tuple[int, int] | None, flip: bool,
+            scales: Sequence[float]) -> torch.Tensor:
+    # `predict_scores` before the cast to float32: one pass keeps the autocast dtype, which the
+    # arg-max does not need widened (bf16 -> float32 is exact, so the arg-max is the same).
     scales = _check_scales(scales)
     size = tuple(output_size) if output_size is not None else tuple(images.shape[-2:])
     if len(scales) == 1 and scales[0] == 1.0 and not flip:
-        return _main_logits(net, images, size).float()
+        return _main_logits(net, images, size)
     total = None
     passes = 0
     for scale in scales:
@@ -69,7 +76,8 @@ def predict_scores(net: nn.Module, images: torch.Tensor, output_size: tuple[int,
 def predict_labels(net: nn.Module, images: torch.Tensor, output_size: tuple[int, int] | None = None, *,
                    flip: bool = False, scales: Sequence[float] = (1.0,)) -> torch.Tensor:
     """Arg-max train ids (N, H, W) of the main head at `output_size` (see `predict_scores`)."""
-    return class_argmax(predict_scores(net, images, output_size, flip=flip, scales=scales))
+    with torch.no_grad():
+        return class_argmax(_scores(net, images, output_size, flip, scales))
 
 
 def class_argmax(scores: torch.Tensor) -> torch.Tensor:
