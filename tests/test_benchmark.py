@@ -38,3 +38,17 @@ def test_bad_size_is_a_one_line_error():
     result = run_script("benchmark.py", "--size", "512")
     assert result.returncode == 2
     assert "benchmark.py: error: argument --size" in result.stderr
+
+
+def test_speedup_rows_give_the_median_ratio_and_the_pessimistic_one():
+    from benchmark import Table
+
+    table = Table()
+    slow = table.add("old", [4.0, 3.0, 2.0], "s/step")
+    fast = table.add("ours", [1.0, 2.0, 1.5], "s/step")
+    row = table.add_speedup("speed-up", slow, fast)
+    assert row["median"] == 3.0 / 1.5 and row["min"] == 2.0 / 2.0 and row["unit"] == "x"
+    slow = table.add("old rate", [10.0, 20.0, 15.0], "images/s")
+    fast = table.add("our rate", [40.0, 60.0, 50.0], "images/s")
+    row = table.add_speedup("rate speed-up", slow, fast)
+    assert row["median"] == 50.0 / 15.0 and row["min"] == 40.0 / 20.0
