@@ -76,3 +76,28 @@ def test_apply_lut_accepts_a_strided_view_and_tables_that_differ():
     for table in (np.arange(256, dtype=np.uint8)[::-1].copy(), np.full(256, 7, np.uint8)):
         out = apply_lut(raw, torch.from_numpy(table))
         assert np.array_equal(out.numpy(), table[raw.numpy()])
+
+
+@pytest.mark.parametrize("shape", [(64, 128), (7, 9), (1, 1)])
+def test_apply_lut_in_place_writes_the_lookup_into_the_raw_map(shape):
+    from dataset.base import apply_lut
+    from dataset.layouts import CITYSCAPES_LUT
+
+    raw = torch.from_numpy(np.random.default_rng(1).integers(0, 256, size=shape).astype(np.uint8))
+    expected = CITYSCAPES_LUT[raw.numpy()]
+    out = apply_lut(raw, torch.from_numpy(CITYSCAPES_LUT), inplace=True)
+    assert np.array_equal(out.numpy(), expected)
+    assert out.data_ptr() == raw.data_ptr() and np.array_equal(raw.numpy(), expected)
+
+
+def test_apply_lut_leaves_its_input_alone_unless_asked_and_contiguous():
+    from dataset.base import apply_lut
+    from dataset.layouts import CITYSCAPES_LUT
+
+    raw = torch.arange(256, dtype=torch.uint8).repeat(3, 1)
+    before = raw.clone()
+    apply_lut(raw, torch.from_numpy(CITYSCAPES_LUT))
+    strided = raw[:, ::2]
+    out = apply_lut(strided, torch.from_numpy(CITYSCAPES_LUT), inplace=True)  # not contiguous: a new map
+    assert torch.equal(raw, before)
+    assert np.array_equal(out.numpy(), CITYSCAPES_LUT[strided.numpy()])

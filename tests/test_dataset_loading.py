@@ -138,3 +138,14 @@ def test_image_and_label_of_different_sizes_are_reported(copy):
 def test_unknown_dataset_name_lists_the_known_ones(root):
     with pytest.raises(DatasetError, match="gta5, cityscapes, bdd"):
         build_dataset("kitti", root, "train")
+
+
+def test_benchmark_loader_prints_a_line_per_layout(synthetic_root, capsys):
+    from dataset.benchmark_loader import main
+
+    main(["--root", str(synthetic_root), "--size", "32,16", "--num", "4", "--workers", "0"])
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "label remap" in ln]
+    assert [ln.split()[0] for ln in lines] == ["gta5", "cityscapes", "bdd"]
+    for ln in lines:
+        rates = [float(w) for w in ln.replace(",", " ").split() if w.replace(".", "", 1).isdigit()]
+        assert all(r > 0 for r in rates)
