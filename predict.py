@@ -32,6 +32,7 @@ from utils.runtime import AMP_DTYPES, autocast, resolve_device
 INPUT_SIZE = "1024,512"
 DEVICE = "auto"
 AMP = "off"
+CHANNELS_LAST = False
 FOLD_BN = False
 ALPHA = 0.5
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # what torchvision.io.decode_image reads
@@ -47,6 +48,8 @@ def get_parser() -> ArgumentParser:
     p.add_argument("--input-size", type=size_arg, default=size_arg(INPUT_SIZE), help="W,H fed to the net")
     p.add_argument("--device", default=DEVICE, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", choices=sorted(AMP_DTYPES), default=AMP, help="autocast precision")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=CHANNELS_LAST,
+                   help="channels_last memory format (faster on the CPU together with --amp bf16)")
     p.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=FOLD_BN,
                    help="fold each batch norm into the convolution before it (faster, same masks up to float rounding)")
     p.add_argument("--flip", action="store_true", help="average with the mirrored image")
@@ -102,11 +105,16 @@ def collect_inputs(path: Path, every: int = 1) -> tuple[int | None, Iterator[tup
 
 @torch.inference_mode()
 def segment_image(net: torch.nn.Module, image: torch.Tensor, size: tuple[int, int], device: torch.device, *,
-                  flip: bool = False, amp: str = "off") -> torch.Tensor:
-    """Train ids (H, W) of a uint8 (3, H, W) image: fed at `size` (w, h), predicted at the image's size."""
+                  flip: bool = False, amp: str = "off", channels_last: bool = False) -> torch.Tensor:
+    """Train ids (H, W) of a uint8 (3, H, W) image: fed at `size` (w, h), predicted at the image's size.
+
+    `channels_last` feeds the image in that memory format (convert the net too).
+    """
     w, h = size
     small, _ = resize_pair(image, None, (h, w))
     x = to_normalized(small)[None].to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     with autocast(device, amp):
         return predict_labels(net, x, tuple(image.shape[-2:]), flip=flip)[0]
 
@@ -122,9 +130,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     net = load_net(args.restore_from, arch=args.arch, allow_pickle=args.allow_pickle, device=device)
     if args.fold_bn:
         net = fold_batchnorm(net)
+    if args.channels_last:
+        net = net.to(memory_format=torch.channels_last)
     writer = PredictionWriter(args.out, None, alpha=args.alpha)
     for name, image in tqdm(inputs, total=total, desc="predict", unit="img", disable=args.no_progress):
-        pred = segment_image(net, image, args.input_size, device, flip=args.flip, amp=args.amp).cpu()
+        pred = segment_image(net, image, args.input_size, device, flip=args.flip, amp=args.amp,
+                             channels_last=args.channels_last).cpu()
         entry = writer.write(name, pred, image.permute(1, 2, 0).numpy())
         if args.label_ids:
             # arbitrary inputs have no CITY_SEQ_FRAME name: label ids go under the input's own name

@@ -68,11 +68,12 @@ def test_single_image_with_label_ids_and_flip(checkpoint, image_folder, tmp_path
     assert (out / "overlay" / f"{image.stem}.png").is_file()
 
 
-def test_fold_bn_writes_the_same_label_ids(checkpoint, image_folder, tmp_path):
+@pytest.mark.parametrize("flags", [("--fold-bn",), ("--channels-last",), ("--fold-bn", "--channels-last")])
+def test_fast_paths_write_the_same_label_ids(checkpoint, image_folder, tmp_path, flags):
     image = sorted(image_folder.glob("*.png"))[0]
     plain = run(checkpoint, image, tmp_path / "plain", "--label-ids")[0]
-    folded = run(checkpoint, image, tmp_path / "folded", "--label-ids", "--fold-bn")[0]
-    a, b = (np.asarray(Image.open(e["label_ids"])) for e in (plain, folded))
+    fast = run(checkpoint, image, tmp_path / "fast", "--label-ids", *flags)[0]
+    a, b = (np.asarray(Image.open(e["label_ids"])) for e in (plain, fast))
     assert a.shape == b.shape and (a == b).mean() > 0.999
 
 
