@@ -167,7 +167,7 @@ def bench_steps(table: Table, args, device, sources, targets) -> None:
         row = table.add(f"distill step (ours, {amp} autocast)",
                         step_times(step, sources, targets, args.repeats, args.warmup), "s/step")
         table.add_speedup(f"distill step speed-up ({amp} autocast)", rows["distill", "old way"], row,
-                    "old way (fp32) / ours with --amp " + amp)
+                          "old way (fp32) / ours with --amp " + amp)
     step = make_step(TrainStep, device, True, channels_last=True)
     times = step_times(step, sources, targets, args.repeats, args.warmup)
     table.add("distill step (ours, channels_last)", times, "s/step")

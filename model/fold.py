@@ -15,23 +15,19 @@ def _foldable(conv: object, bn: object) -> bool:
             and conv.out_channels == bn.num_features)
 
 
-def _fold_children(module: nn.Module) -> int:
-    folded = 0
+def _fold_children(module: nn.Module) -> None:
     for child in module.children():
-        folded += _fold_children(child)
+        _fold_children(child)
     if isinstance(module, nn.Sequential):
         for i in range(len(module) - 1):
             if _foldable(module[i], module[i + 1]):
                 module[i] = fuse_conv_bn_eval(module[i], module[i + 1])
                 module[i + 1] = nn.Identity()
-                folded += 1
     for conv_name, bn_name in _BLOCK_PAIRS:
         conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
         if _foldable(conv, bn):
             setattr(module, conv_name, fuse_conv_bn_eval(conv, bn))
             setattr(module, bn_name, nn.Identity())
-            folded += 1
-    return folded
 
 
 def fold_batchnorm(net: nn.Module) -> nn.Module:
