@@ -1,10 +1,16 @@
 """The training step in isolation: the objective falls, gradients go where they should, schedules."""
 from __future__ import annotations
 
+import json
+import socket
+from pathlib import Path
+
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from model import Discriminator, build_seg_model
-from utils.steps import LossWeights, TrainStep, first_nonfinite, poly_lr
+from utils.steps import LossWeights, TrainStep, poly_lr, step_status
 
 
 def _batch(seed: int, with_label: bool = True) -> dict:
@@ -68,7 +74,44 @@ def test_poly_schedule_endpoints():
     assert abs(poly_lr(1.0, 50, 100, 0.9) - 0.5 ** 0.9) < 1e-12
 
 
-def test_first_nonfinite_names_the_bad_term():
-    losses = {"seg_main": torch.tensor(1.0), "adv_main": torch.tensor(float("nan"))}
-    assert first_nonfinite(losses) == "adv_main"
-    assert first_nonfinite({"seg_main": torch.tensor(0.5)}) is None
+def test_step_status_names_the_bad_term_and_the_signal():
+    losses = {"seg_main": torch.tensor(1.0), "adv_main": torch.tensor(float("nan")), "d_main": torch.tensor(-1.0)}
+    assert step_status(losses) == ("adv_main", None)
+    assert step_status({"seg_main": torch.tensor(0.5)}) == (None, None)
+    assert step_status({"seg_main": torch.tensor(float("inf"))}, stop_signal=15) == ("seg_main", 15)
+
+
+def _status_on_rank(rank: int, port: int, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:  # rank 1 alone has a NaN loss, rank 0 alone received SIGTERM
+        losses = {"seg_main": torch.tensor(float("nan") if rank == 1 else 0.7), "adv_main": torch.tensor(0.1)}
+        status = step_status(losses, stop_signal=15 if rank == 0 else None, distributed=True)
+        Path(out, f"rank{rank}.json").write_text(json.dumps(status))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_step_status_is_agreed_across_ranks(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_status_on_rank, args=(port, str(tmp_path)), nprocs=2)
+    statuses = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert statuses == [["seg_main", 15], ["seg_main", 15]]
+
+
+def test_fp16_scaler_steps_only_the_discriminators_in_use():
+    torch.manual_seed(0)
+    net = build_seg_model("drn_d_22", num_classes=3)
+    discs = (Discriminator(3), Discriminator(3))
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    d_opts = tuple(torch.optim.Adam(d.parameters(), lr=1e-4) for d in discs)
+    # a single-level run (no aux adversarial term) with a loss scaler, as --amp fp16 builds on CUDA
+    step = TrainStep(net, discs, opt, d_opts, LossWeights(lambda_adv=(0.0, 0.001)), torch.device("cpu"),
+                     scaler=torch.amp.GradScaler("cpu", enabled=True))
+    aux_before = [p.clone() for p in discs[0].parameters()]
+    main_before = [p.clone() for p in discs[1].parameters()]
+    step([_batch(0)], [_batch(1, with_label=False)])
+    step.apply()
+    assert all(torch.equal(a, b) for a, b in zip(aux_before, discs[0].parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(main_before, discs[1].parameters()))

@@ -13,6 +13,7 @@ import train_gta2cs_multi_drnd38 as teacher_script
 import train_gta2cs_ts_multi as distill_script
 from model import build_seg_model, save_final
 from tests.conftest import run_script, tiny_train_args
+from utils.errors import CheckpointError
 from utils.logger import read_log
 
 
@@ -159,3 +160,51 @@ def test_zero_init_residual_flag_reaches_the_network(synthetic_root, tmp_path, m
     assert student_script.main([*tiny_train_args(synthetic_root, out, steps=1), "--zero-init-residual"]) == 0
     assert float(built["bn"].abs().sum()) == 0
     assert json.loads((out / "config.json").read_text())["config"]["zero_init_residual"] is True
+
+
+def test_an_old_code_state_dict_serves_as_teacher(synthetic_root, tmp_path):
+    torch.manual_seed(0)
+    sd = dict(build_seg_model("drn_d_38").state_dict())  # no architecture recorded, as the old code saved
+    sd["up1.weight"], sd["up2.weight"] = torch.zeros(19, 1, 16, 16), torch.zeros(19, 1, 16, 16)
+    teacher = tmp_path / "GTA5_teacher.pth"
+    torch.save(sd, teacher)
+    out = tmp_path / "run"
+    args = [*tiny_train_args(synthetic_root, out, steps=1), "--teacher", str(teacher), "--paradigm", "source"]
+    assert distill_script.main(args) == 0
+    assert "kl_src" in _terms(out)
+
+
+def test_resume_refuses_another_aux_layer(synthetic_root, tmp_path):
+    out = tmp_path / "run"
+    args = tiny_train_args(synthetic_root, out, steps=4)
+    assert student_script.main([*args, "--num-steps-stop", "2"]) == 0
+    for aux in ("5", "7"):  # 5: other shapes; 7: same shapes, the head would silently move
+        with pytest.raises(CheckpointError, match=f"aux_layer=6, this run asks for {aux}"):
+            student_script.main([*args, "--resume", str(out / "last.pth"), "--aux-layer", aux])
+
+
+def test_keep_best_survives_a_resume(synthetic_root, tmp_path, monkeypatch):
+    scores = iter([0.5, 0.2])  # step 2 is the best; step 4, after the resume, is worse
+
+    def fake_evaluate(net, loader, device, **kwargs):
+        return {"mIoU": next(scores), "pixel_acc": 0.5}
+
+    monkeypatch.setattr("utils.evaluate.evaluate", fake_evaluate)
+    out = tmp_path / "run"
+    args = [*tiny_train_args(synthetic_root, out, steps=4), "--eval-every", "2", "--keep-best"]
+    assert student_script.main([*args, "--num-steps-stop", "2"]) == 0
+    best = torch.load(out / "best.pth", weights_only=True)["state_dict"]
+    assert torch.load(out / "last.pth", weights_only=True)["best_val_mIoU"] == 0.5
+    assert student_script.main([*args, "--resume", str(out / "last.pth")]) == 0
+    kept = torch.load(out / "best.pth", weights_only=True)["state_dict"]
+    assert all(torch.equal(best[k], kept[k]) for k in best)
+
+
+def test_a_missing_val_split_stops_the_run_before_it_writes_anything(synthetic_root, tmp_path):
+    from utils.errors import DatasetError
+
+    out = tmp_path / "run"
+    args = [*tiny_train_args(synthetic_root, out, steps=2), "--eval-every", "1", "--val-split", "nope"]
+    with pytest.raises(DatasetError, match="nope"):
+        student_script.main(args)
+    assert not out.exists()

@@ -161,7 +161,8 @@ def build_parser(defaults: TrainConfig, *, prog: str, description: str, distill:
     g = p.add_argument_group("network")
     g.add_argument("--arch", dest="arch", default=d.arch, help="backbone (e.g. drn_d_22, drn_d_38)")
     g.add_argument("--aux-layer", dest="aux_layer", type=int, default=d.aux_layer,
-                   help="DRN level of the auxiliary head (default: 6 for drn_d_22, 7 for drn_d_38)")
+                   help="DRN level of the auxiliary head (default %(default)s, the script's AUX_LAYER; "
+                        "when unset: 6 for drn_d_22, 7 for drn_d_38)")
     g.add_argument("--num-classes", dest="num_classes", type=positive_int, default=d.num_classes)
     g.add_argument("--pretrained", dest="pretrained", default=d.pretrained,
                    help="backbone init: 'imagenet' (published DRN weights), a path or URL, or 'none'")

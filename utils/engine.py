@@ -17,10 +17,11 @@ from torch.utils.data import DataLoader
 
 from dataset import build_dataset
 from dataset.sampling import StreamSampler, seed_worker
-from model import Discriminator, build_from_checkpoint, build_seg_model, load_weights, save_final
+from model import DEFAULT_AUX_LAYER, Discriminator, build_from_checkpoint, build_seg_model, load_weights, save_final
 from utils.checkpoint import TRAIN_FORMAT, load_training_state, save_training_state
 from utils.config import TrainConfig, run_name
 from utils.errors import CheckpointError, ConfigError, UserError
+from utils.evaluate import eval_collate
 from utils.logger import RunLogger
 from utils.runtime import (
     DistInfo,
@@ -32,7 +33,7 @@ from utils.runtime import (
     set_rng_state,
     shutdown_distributed,
 )
-from utils.steps import LossWeights, TrainStep, first_nonfinite, freeze_teacher, poly_lr, set_lr, unwrap
+from utils.steps import LossWeights, TrainStep, freeze_teacher, poly_lr, set_lr, step_status, unwrap
 
 
 class NonFiniteLossError(UserError):
@@ -173,8 +174,8 @@ def _wrap_ddp(cfg: TrainConfig, info: DistInfo, device: torch.device, net: nn.Mo
 
 # --- checkpoints ----------------------------------------------------------------------------------------
 def training_state(cfg: TrainConfig, net, discs, step_fn: TrainStep, phase_index: int, step: int,
-                   global_step: int, skipped: int) -> dict:
-    """Everything needed to continue this run exactly where it is."""
+                   global_step: int, skipped: int, best_val: float | None = None) -> dict:
+    """Everything needed to continue this run exactly where it is (`best_val`: the best val mIoU so far)."""
     core = unwrap(net)
     return {
         "format": TRAIN_FORMAT, "arch": core.arch, "aux_layer": core.aux_layer, "num_classes": core.num_classes,
@@ -182,15 +183,17 @@ def training_state(cfg: TrainConfig, net, discs, step_fn: TrainStep, phase_index
         "optimizer": step_fn.optimizer.state_dict(), "optimizer_d1": step_fn.d_optimizers[0].state_dict(),
         "optimizer_d2": step_fn.d_optimizers[1].state_dict(), "scaler": step_fn.scaler.state_dict(),
         "phase": phase_index, "step": step, "global_step": global_step, "nonfinite_skipped": skipped,
-        "rng": rng_state(), "config": cfg.to_dict(),
+        "rng": rng_state(), "config": cfg.to_dict(), "best_val_mIoU": best_val,
     }
 
 
 def _check_resume(cfg: TrainConfig, state: dict) -> None:
-    for key in ("arch", "num_classes"):
-        if state.get(key) != getattr(cfg, key) and key in state:
+    asked = {"arch": cfg.arch, "num_classes": cfg.num_classes,
+             "aux_layer": DEFAULT_AUX_LAYER.get(cfg.arch) if cfg.aux_layer is None else cfg.aux_layer}
+    for key, value in asked.items():
+        if key in state and state[key] != value:
             raise CheckpointError(f"--resume {cfg.resume}: it was trained with {key}={state[key]!r}, "
-                                  f"this run asks for {getattr(cfg, key)!r}")
+                                  f"this run asks for {value!r}")
     saved = state.get("config", {})
     if saved.get("teacher") and saved.get("paradigm") != cfg.paradigm and cfg.distill:
         raise CheckpointError(f"--resume {cfg.resume}: it ran --paradigm {saved.get('paradigm')}, "
@@ -233,6 +236,7 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> Path:
     phases = plan_phases(cfg)
     # every input is checked before anything is written into the run folder
     datasets = build_datasets(cfg, info, cfg.adapt or any(p.distill_target for p in phases))
+    val_set = _val_dataset(cfg) if cfg.eval_every and info.is_main else None
     if info.is_main:
         _check_writable(folder)
         if not cfg.resume and (folder / "last.pth").exists():
@@ -254,7 +258,9 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> Path:
     logger = RunLogger(folder, enabled=info.is_main)
     logger.write_run_info(cfg.to_dict(), {"run_name": folder.name, "world_size": info.world_size,
                                           "device": str(device), "phases": [p.name for p in phases]})
-    validator = _Validator(cfg, device, logger, folder, info) if cfg.eval_every else None
+    validator = _Validator(cfg, device, logger, folder, info, val_set) if cfg.eval_every else None
+    if validator is not None and state is not None and state.get("best_val_mIoU") is not None:
+        validator.best = state["best_val_mIoU"]  # so that --keep-best compares with the run's best so far
     try:
         with _Signals() as signals:
             while phase_index < len(phases):
@@ -312,6 +318,10 @@ def _run_phase(cfg, info, phase, phase_index, step, global_step, skipped, net, d
         d.train()
     bar = _progress(cfg, info, phase, step)
     last_saved = step
+
+    def save() -> Path:  # the state as it is now (reads step, global_step and skipped when called)
+        return _save(cfg, info, net, discs, step_fn, phase_index, step, global_step, skipped, folder, validator)
+
     try:
         while step < phase.num_steps_stop:
             lr = poly_lr(cfg.learning_rate, step, phase.num_steps, cfg.power)
@@ -322,13 +332,15 @@ def _run_phase(cfg, info, phase, phase_index, step, global_step, skipped, net, d
             sources = [next(src) for _ in range(cfg.iter_size)]
             targets = [next(tgt) for _ in range(cfg.iter_size)] if tgt is not None else []
             losses = step_fn(sources, targets)
-            bad = first_nonfinite(losses)
+            bad, stop_signal = step_status(losses, signals.received, info.enabled)
             if bad is not None:
                 step_fn.discard()
                 skipped += 1
                 if skipped > cfg.skip_nonfinite:
+                    value = float(losses[bad])
+                    what = f"is {value}" if not math.isfinite(value) else "is not finite on another rank"
                     raise NonFiniteLossError(
-                        f"loss term '{bad}' is {float(losses[bad])} at step {step + 1} of phase '{phase.name}'; "
+                        f"loss term '{bad}' {what} at step {step + 1} of phase '{phase.name}'; "
                         f"stopped (last good checkpoint kept in {folder}); --skip-nonfinite N tolerates N bad steps")
             else:
                 step_fn.apply()
@@ -342,27 +354,28 @@ def _run_phase(cfg, info, phase, phase_index, step, global_step, skipped, net, d
                 logger.log(global_step, values, phase=phase.name)
                 if bar is not None:
                     bar.set_postfix({k: f"{values[k]:.3g}" for k in ("total", "seg_main", "lr") if k in values})
-            if step % cfg.save_pred_every == 0 and step != last_saved:
-                _save(cfg, info, net, discs, step_fn, phase_index, step, global_step, skipped, folder)
-                last_saved = step
             if validator is not None and (step % cfg.eval_every == 0 or step == phase.num_steps_stop):
-                validator(net, global_step)
+                validator(net, global_step)  # before the save, so that the checkpoint knows the best score
                 net.train()
-            if signals.received is not None:
-                path = _save(cfg, info, net, discs, step_fn, phase_index, step, global_step, skipped, folder)
-                raise Interrupted(signals.received, path)
+            if step % cfg.save_pred_every == 0 and step != last_saved:
+                save()
+                last_saved = step
+            if stop_signal is not None:  # every rank stops here, whichever received the signal
+                path = save()
+                raise Interrupted(stop_signal, path)
         if step != last_saved:
-            _save(cfg, info, net, discs, step_fn, phase_index, step, global_step, skipped, folder)
+            save()
     finally:
         if bar is not None:
             bar.close()
     return global_step, skipped
 
 
-def _save(cfg, info, net, discs, step_fn, phase_index, step, global_step, skipped, folder) -> Path:
+def _save(cfg, info, net, discs, step_fn, phase_index, step, global_step, skipped, folder, validator) -> Path:
     path = folder / "last.pth"
     if info.is_main:
-        state = training_state(cfg, net, discs, step_fn, phase_index, step, global_step, skipped)
+        best = validator.best if validator is not None and math.isfinite(validator.best) else None
+        state = training_state(cfg, net, discs, step_fn, phase_index, step, global_step, skipped, best)
         path = save_training_state(state, folder, global_step, cfg.keep_last)
     barrier(info)
     return path
@@ -377,23 +390,26 @@ def _progress(cfg: TrainConfig, info: DistInfo, phase: Phase, step: int):
                 mininterval=1.0)
 
 
+def _val_dataset(cfg: TrainConfig):
+    """The target's val split for --eval-every, built (and so checked) before training starts."""
+    return build_dataset(cfg.target, cfg.data_dir_target, cfg.val_split, labels=True, size=cfg.eval_size,
+                         label_size="full")
+
+
 class _Validator:
     """Scores the net on the target's val split during training (rank 0), logs val/mIoU, keeps best.pth."""
 
-    def __init__(self, cfg: TrainConfig, device: torch.device, logger: RunLogger, folder: Path, info: DistInfo):
+    def __init__(self, cfg: TrainConfig, device: torch.device, logger: RunLogger, folder: Path, info: DistInfo,
+                 dataset=None):
         self.cfg, self.device, self.logger, self.folder, self.info = cfg, device, logger, folder, info
         self.best = -math.inf
-        self._loader = None
+        self._loader = None if dataset is None else DataLoader(
+            dataset, batch_size=cfg.batch_size, collate_fn=eval_collate, num_workers=min(2, cfg.num_workers))
 
     def __call__(self, net: nn.Module, global_step: int) -> None:
         if self.info.is_main:
-            from utils.evaluate import eval_collate, evaluate
+            from utils.evaluate import evaluate
 
-            if self._loader is None:
-                dataset = build_dataset(self.cfg.target, self.cfg.data_dir_target, self.cfg.val_split, labels=True,
-                                        size=self.cfg.eval_size, label_size="full")
-                self._loader = DataLoader(dataset, batch_size=self.cfg.batch_size, collate_fn=eval_collate,
-                                          num_workers=min(2, self.cfg.num_workers))
             start = time.time()
             result = evaluate(unwrap(net), self._loader, self.device, limit=self.cfg.eval_limit, amp=self.cfg.amp,
                               channels_last=self.cfg.channels_last, progress=False)

@@ -5,6 +5,7 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from utils.loss import (
@@ -207,8 +208,8 @@ class TrainStep:
     def apply(self) -> None:
         """Step the optimizers on the accumulated gradients (call after a finite `__call__`)."""
         self.scaler.step(self.optimizer)
-        if self.w.adapt:
-            for opt in self.d_optimizers:
+        for opt, lam in zip(self.d_optimizers, self.w.lambda_adv):
+            if lam > 0:  # a level with no adversarial term has no gradients: fp16's scaler refuses that step
                 self.scaler.step(opt)
         self.scaler.update()
 
@@ -233,10 +234,18 @@ def freeze_teacher(teacher: nn.Module) -> nn.Module:
     return teacher
 
 
-def first_nonfinite(losses: dict[str, torch.Tensor]) -> str | None:
-    """Name of the first NaN/Inf loss term, or None when all are finite (one host sync)."""
+def step_status(losses: dict[str, torch.Tensor], stop_signal: int | None = None,
+                distributed: bool = False) -> tuple[str | None, int | None]:
+    """The first NaN/Inf loss term (None when all are finite) and the stop signal received (None when none).
+
+    With `distributed`, both are agreed across the ranks: a term bad on any rank is bad on all, and a signal
+    received by any rank stops all of them at the same step. One host sync (and one all-reduce).
+    """
     names = list(losses)
-    finite = torch.isfinite(torch.stack([losses[k].float().reshape(()) for k in names]))
-    if bool(finite.all()):
-        return None
-    return names[int((~finite).nonzero()[0])]
+    finite = torch.isfinite(torch.stack([losses[k].detach().float().reshape(()) for k in names])).float()
+    flags = torch.cat([finite, finite.new_tensor([-float(stop_signal or 0)])])
+    if distributed:
+        dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+    *ok, negative_signal = flags.tolist()
+    bad = next((name for name, fine in zip(names, ok) if fine < 1), None)
+    return bad, int(-negative_signal) or None
