@@ -85,7 +85,8 @@ def get_parser() -> ArgumentParser:
     p.add_argument("--csv", default=None, help="write one row per class to this CSV file")
     p.add_argument("--save-pred", default=None, metavar="DIR",
                    help="write label-id PNGs (official format), colour maps and overlays to DIR")
-    p.add_argument("--arch", default=None, help="architecture, only for checkpoints that do not name it")
+    p.add_argument("--arch", default=None,
+                   help="architecture of a checkpoint that does not name it (default: read from its keys)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="UNSAFE: allow unpickling a trusted legacy checkpoint (runs code from the file)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -56,7 +56,8 @@ def get_parser() -> ArgumentParser:
     p.add_argument("--alpha", type=float, default=ALPHA, help="overlay opacity of the colour mask (0..1)")
     p.add_argument("--label-ids", action="store_true", help="also write Cityscapes label-id PNGs")
     p.add_argument("--every", type=positive_int, default=1, help="video: keep every N-th frame")
-    p.add_argument("--arch", default=None, help="architecture, only for checkpoints that do not name it")
+    p.add_argument("--arch", default=None,
+                   help="architecture of a checkpoint that does not name it (default: read from its keys)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="UNSAFE: allow unpickling a trusted legacy checkpoint (runs code from the file)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -10,6 +10,7 @@ Accepted forms (files or URLs; a ``module.`` prefix from DataParallel/DDP is str
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import re
@@ -23,6 +24,7 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
+from model.drn import ARCHS, build_drn
 from model.seg_net import SegNet
 from utils.checkpoint import atomic_save
 from utils.errors import CheckpointError
@@ -228,10 +230,10 @@ def build_from_checkpoint(path: str | os.PathLike, map_location: str | torch.dev
     for key, value in given.items():
         if value is not None and key in meta and meta[key] != value:
             raise CheckpointError(f"{source} holds a {key} of {meta[key]!r}, not the requested {value!r}")
-    arch = meta.get("arch", arch)
+    arch = meta.get("arch", arch) or infer_arch(state)
     if arch is None:
-        raise CheckpointError(f"{source} ({form}) does not say which architecture it holds; "
-                              "give it (arch=..., e.g. --arch drn_d_22)")
+        raise CheckpointError(f"{source} ({form}): its backbone's keys and shapes match none of the DRN "
+                              f"architectures ({', '.join(ARCHS)})")
     aux_layer = meta.get("aux_layer", aux_layer)
     if num_classes is None:
         num_classes = meta.get("num_classes")
@@ -240,6 +242,26 @@ def build_from_checkpoint(path: str | os.PathLike, map_location: str | torch.dev
     net = SegNet(arch, num_classes=num_classes or 19, aux_layer=aux_layer)
     _apply(net, ckpt, source)
     return net.to(map_location)
+
+
+@functools.cache
+def _backbone_shapes(arch: str) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        backbone = build_drn(arch)
+    return {k: tuple(v.shape) for k, v in backbone.state_dict().items() if not k.endswith("num_batches_tracked")}
+
+
+def infer_arch(state: Mapping[str, Tensor]) -> str | None:
+    """The DRN architecture whose backbone has exactly the keys and shapes of `state`'s backbone, or None.
+
+    `state` is a SegNet / old-code state dict (``base.*``) or a DRN ImageNet one; for files that do not
+    name their architecture, such as the old code's saved teachers.
+    """
+    prefix = "base." if any(k.startswith("base.") for k in state) else ""
+    found = {k[len(prefix):]: tuple(v.shape) for k, v in state.items()
+             if k.startswith(prefix) and not _UNUSED_KEY.match(k) and not k.endswith("num_batches_tracked")}
+    matches = [arch for arch in ARCHS if _backbone_shapes(arch) == found]
+    return matches[0] if len(matches) == 1 else None
 
 
 def save_final(path: str | os.PathLike, net: nn.Module) -> None:

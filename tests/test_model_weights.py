@@ -8,7 +8,16 @@ import urllib.error
 import pytest
 import torch
 
-from model import MODEL_URLS, build_from_checkpoint, build_seg_model, load_weights, read_checkpoint, save_final
+from model import (
+    MODEL_URLS,
+    build_drn,
+    build_from_checkpoint,
+    build_seg_model,
+    load_weights,
+    read_checkpoint,
+    save_final,
+)
+from model.weights import infer_arch
 from utils.errors import CheckpointError
 
 
@@ -81,12 +90,31 @@ def test_checkpoint_of_another_net_names_the_difference(trained, tmp_path):
         load_weights(build_seg_model("drn_d_22", aux_layer=7), str(path))
 
 
-def test_foreign_form_needs_an_arch_to_build(trained, tmp_path):
+@pytest.mark.parametrize("arch", ["drn_d_22", "drn_d_38", "drn_c_26", "drn_d_24"])
+def test_old_code_state_dict_builds_the_architecture_its_keys_show(arch, tmp_path):
+    torch.manual_seed(2)
+    net = build_seg_model(arch).eval()
+    sd = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}  # old PyTorch
+    sd["up1.weight"], sd["up2.weight"] = torch.randn(19, 1, 16, 16), torch.randn(19, 1, 16, 16)
+    path = tmp_path / "GTA5_100000.pth"
+    torch.save(sd, path)
+    built = build_from_checkpoint(str(path))
+    assert built.arch == arch and same_outputs(built, net)
+
+
+def test_infer_arch_reads_imagenet_backbones_and_refuses_unknown_ones():
+    assert infer_arch(build_drn("drn_d_38", num_classes=1000).state_dict()) == "drn_d_38"
+    sd = dict(build_seg_model("drn_d_22").state_dict())
+    del sd["base.layer8.0.weight"]
+    assert infer_arch(sd) is None
+
+
+def test_foreign_form_that_matches_no_architecture_is_refused(trained, tmp_path):
+    sd = {k: v for k, v in trained.state_dict().items() if not k.startswith("base.layer8")}
     path = tmp_path / "raw.pth"
-    torch.save(trained.state_dict(), path)
-    with pytest.raises(CheckpointError, match="arch="):
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError, match="match none of the DRN architectures"):
         build_from_checkpoint(str(path))
-    assert same_outputs(build_from_checkpoint(str(path), arch="drn_d_22"), trained)
 
 
 def test_wrong_class_count_names_keys_and_shapes(trained, tmp_path):
