@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import math
+import posixpath
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +74,7 @@ def resolve_entries(layout: Layout, root: Path, split: str, entries: list[str]) 
     split_dir = layout.split_dir(split)
     resolved = []
     for entry in entries:
-        entry = entry.replace("\\", "/").lstrip("/")
+        entry = posixpath.normpath(entry.replace("\\", "/")).lstrip("/")  # also drops a leading "./"
         if entry.split("/")[0] == split_dir.split("/")[0] or (root / entry).is_file():
             resolved.append(entry)
         else:

@@ -88,6 +88,15 @@ def test_a_user_list_relative_to_the_split_folder_works(root, tmp_path):
     assert ds.files == scanned[::-1][:2]
 
 
+def test_list_entries_starting_with_dot_slash_are_the_same_paths(root, tmp_path):
+    scanned = build_dataset("cityscapes", root / "cityscapes", "val", size=(32, 16)).files
+    user = tmp_path / "found.txt"  # what `find . -name '*.png'` prints
+    user.write_text("".join(f"./{f}\n" for f in scanned))
+    ds = build_dataset("cityscapes", root / "cityscapes", "val", list_path=user, size=(32, 16))
+    assert ds.files == scanned
+    assert ds[0]["label"].shape == (16, 32)
+
+
 def test_missing_root_names_it_and_the_expected_layout(tmp_path):
     with pytest.raises(DatasetError, match=r"cityscapes dataset root .*nowhere does not exist .*leftImg8bit"):
         build_dataset("cityscapes", tmp_path / "nowhere", "val")
