@@ -12,8 +12,10 @@ dependencies (`pip install onnx onnxruntime`).
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import json
+import os
 import statistics
 import sys
 import time
@@ -26,12 +28,13 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from model import ARCHS, build_seg_model, count_parameters
-from utils.cli import ArgumentParser, check_output, positive_int, run_cli, size_arg
+from utils.cli import ArgumentParser, check_output, one_line, positive_int, run_cli, size_arg
 from utils.errors import ConfigError
 from utils.evaluate import load_net
 from utils.predictions import write_text_atomic
 
 OPSET = 17
+MIN_OPSET = 11  # the bilinear upsampling with align_corners=True has no ONNX form before opset 11
 CHECK_SIZES = "128,64 100,60"  # W,H pairs; one not a multiple of 8
 CARD_SIZE = "1024,512"
 LATENCY_SIZE = "1024,512"
@@ -55,8 +58,20 @@ class ExportWrapper(nn.Module):
 
 
 def sizes_arg(text: str) -> list[tuple[int, int]]:
-    """'W,H W,H ...' -> list of (w, h)."""
-    return [size_arg(part) for part in text.split()]
+    """'W,H W,H ...' -> list of (w, h), at least one."""
+    sizes = [size_arg(part) for part in text.split()]
+    if not sizes:
+        raise argparse.ArgumentTypeError(f"expected one or more W,H sizes separated by spaces, got {text!r}")
+    return sizes
+
+
+def opset_arg(text: str) -> int:
+    """argparse `type=` for an ONNX opset the nets can be exported with."""
+    value = positive_int(text)
+    if value < MIN_OPSET:
+        raise argparse.ArgumentTypeError(f"expected an ONNX opset >= {MIN_OPSET} (the nets' bilinear upsampling "
+                                         f"needs it), got {text!r}")
+    return value
 
 
 def get_parser() -> ArgumentParser:
@@ -68,7 +83,7 @@ def get_parser() -> ArgumentParser:
                    help="UNSAFE: allow unpickling a trusted legacy checkpoint (runs code from the file)")
     p.add_argument("--out", required=True, help="ONNX file to write")
     p.add_argument("--with-aux", action="store_true", help="also output the auxiliary head")
-    p.add_argument("--opset", type=positive_int, default=OPSET)
+    p.add_argument("--opset", type=opset_arg, default=OPSET, help=f"ONNX opset (default {OPSET}, at least {MIN_OPSET})")
     p.add_argument("--check-sizes", type=sizes_arg, default=sizes_arg(CHECK_SIZES),
                    help="'W,H W,H': sizes of the onnxruntime-vs-PyTorch check")
     p.add_argument("--tolerance", type=float, default=TOLERANCE, help="largest accepted max abs difference")
@@ -107,11 +122,20 @@ def export(net: nn.Module, path: str | Path, *, with_aux: bool = False, opset: i
     axes = {name: {0: "batch", 2: "height", 3: "width"} for name in ["image", *outputs]}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the legacy exporter announces its deprecation and tracer notes
-        torch.onnx.export(wrapper, (sample,), str(path), opset_version=opset, dynamo=False,
-                          input_names=["image"], output_names=outputs, dynamic_axes=axes)
-    require("onnx").checker.check_model(str(path))
+    partial = path.with_name(f".{path.name}.partial")  # an existing --out stays until the export has worked
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the legacy exporter announces its deprecation and tracer notes
+            torch.onnx.export(wrapper, (sample,), str(partial), opset_version=opset, dynamo=False,
+                              input_names=["image"], output_names=outputs, dynamic_axes=axes)
+        require("onnx").checker.check_model(str(partial))
+    except ConfigError:
+        partial.unlink(missing_ok=True)
+        raise
+    except Exception as err:  # the exporter's errors have no common type (RuntimeError, SymbolicValueError, ...)
+        partial.unlink(missing_ok=True)
+        raise ConfigError(f"the ONNX export with --opset {opset} failed: {one_line(err)}") from err
+    os.replace(partial, path)
     return path
 
 

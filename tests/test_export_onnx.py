@@ -69,3 +69,13 @@ def test_missing_checkpoint_is_a_checkpoint_error(tmp_path):
     with pytest.raises(CheckpointError, match="no such file"):
         export_onnx.main(["--restore-from", str(tmp_path / "nope.pth"), "--out", str(tmp_path / "x.onnx"),
                           "--no-check"])
+
+
+def test_a_failed_export_names_the_opset_and_keeps_the_old_file(tmp_path):
+    pytest.importorskip("onnx", reason="onnx is not installed (optional: pip install onnx)")
+    out = tmp_path / "net.onnx"
+    out.write_bytes(b"an earlier export")
+    with pytest.raises(ConfigError, match="--opset 99 failed"):
+        export_onnx.main(["--arch", "drn_d_22", "--out", str(out), "--opset", "99", "--no-check", "--no-latency"])
+    assert out.read_bytes() == b"an earlier export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.onnx"]

@@ -54,6 +54,7 @@ CASES = [
     ("d22-size-mismatch", [D22, *TRAIN, *gbad("size")], "labels/90003.png"),
     ("d22-input-size-x", [D22, *TRAIN, "--input-size", "1024x512"], "--input-size"),
     ("d22-negative-steps", [D22, *TRAIN, "--num-steps", "-5"], "--num-steps"),
+    ("d22-missing-val-split", [D22, *TRAIN, "--eval-every", "1", "--val-split", "nope"], "nope"),
     ("d22-snapshot-under-file", [D22, *TRAIN, "--snapshot-dir", "{file}/sub"], "--snapshot-dir"),
     ("d22-existing-run", [D22, *TRAIN, "--snapshot-dir", "{run}"], "--resume"),
     ("d22-resume-truncated", [D22, *TRAIN, "--resume", "{trunc}"], "trunc.pth"),
@@ -95,6 +96,8 @@ CASES = [
     ("export-truncated", ["export_onnx.py", *EXPORT, "--restore-from", "{trunc}"], "trunc.pth"),
     ("export-out-under-file", ["export_onnx.py", *EXPORT, "--out", "{file}/sub/net.onnx"], "--out"),
     ("export-size-x", ["export_onnx.py", *EXPORT, "--card-size", "1024x512"], "--card-size"),
+    ("export-opset-too-old", ["export_onnx.py", *EXPORT, "--opset", "5"], "--opset"),
+    ("export-no-check-size", ["export_onnx.py", *EXPORT, "--check-sizes", ""], "--check-sizes"),
     # dataset tools
     ("lists-missing-root", ["-m", "dataset.make_lists", "--dataset", "gta5", "--root", "{ws}/nope",
                             "--out", "{out}/l.txt"], "{ws}/nope"),
