@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from dataset.decode import read_image
 from dataset.labels import PALETTE
 from utils.loss import mse_distill, seg_loss
 from utils.steps import LossWeights, TrainStep
@@ -83,9 +84,11 @@ def fast_hist(label: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
 
 @torch.no_grad()
 def old_eval_pipeline(net: torch.nn.Module, dataset, num_images: int, num_classes: int = 19) -> dict:
-    """DEFECT: the old two-script evaluation (AdaptSegNet's, which the old code borrowed): per image a
-    forward, a NumPy transpose and arg-max, a prediction PNG and a colour PNG; then a second pass
-    reading predictions and raw labels back, the per-id remap of the 34 label ids and `fast_hist`.
+    """DEFECT: the old two-script evaluation (AdaptSegNet's, which the old code borrowed), scored at the
+    labels' full size: per image the old net's forward (both heads upsampled to the input size and
+    log-softmaxed there), the main output upsampled to the label's size, a NumPy transpose and arg-max, a
+    prediction PNG and a colour PNG; then a second pass reading predictions and raw labels back, the
+    per-id remap of the 34 label ids and `fast_hist`.
 
     Returns {"mIoU", "num_images", "seconds", "images_per_s"}.
     """
@@ -96,10 +99,12 @@ def old_eval_pipeline(net: torch.nn.Module, dataset, num_images: int, num_classe
     with tempfile.TemporaryDirectory() as tmp:
         names = []
         for i in range(num_images):
-            item = dataset[i]  # the same decoding and resizing as ours; its LUT label is discarded
+            image, _ = dataset.transform(read_image(dataset.image_path(i)))  # the same decoding and resize as ours
             label_path = dataset.label_path(i)
-            h, w = np.asarray(Image.open(label_path)).shape
-            main = net(item["image"].unsqueeze(0), output_size=(h, w))[1]  # the same forward as ours
+            with Image.open(label_path) as header:  # the size only: the label is read in the second pass
+                w, h = header.size
+            main = net(image.unsqueeze(0))[1]
+            main = F.interpolate(main, size=(h, w), mode="bilinear", align_corners=True)
             scores = main.cpu().numpy()[0].transpose(1, 2, 0)
             pred = np.asarray(np.argmax(scores, axis=2), dtype=np.uint8)
             colour = Image.fromarray(pred).convert("P")
