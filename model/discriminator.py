@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+MIN_SIZE = 32  # height and width the five stride-2 convolutions need (32 -> 16 -> 8 -> 4 -> 2 -> 1)
+
 
 class Discriminator(nn.Module):
     """Class probabilities (N, num_classes, H, W) -> domain logits (N, 1, H/32, W/32).

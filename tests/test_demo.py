@@ -56,3 +56,21 @@ def test_quick_demo_writes_results_for_every_model_through_the_training_scripts(
     assert oracle["lambda_adv_target1"] == 0 and oracle["lambda_adv_target2"] == 0
     assert config("oracle_dakd")["teacher"] == str(out / "oracle_teacher" / "final.pth")
     assert config("oracle_dakd")["data_dir"] == dakd["data_dir"]  # the student still learns from the source
+
+
+def test_an_out_folder_that_never_trained_a_stage_takes_new_settings(tmp_path):
+    import pytest
+
+    import demo
+    from utils.errors import ConfigError
+
+    out = tmp_path / "demo"
+    demo.check_out_folder(demo.parse_args(["--quick", "--learning-rate", "0.5"]), out)
+    assert json.loads((out / "settings.json").read_text())["learning_rate"] == 0.5
+    # a run that stopped before its first stage left only settings.json: other settings may take over
+    demo.check_out_folder(demo.parse_args(["--quick", "--learning-rate", "0.01"]), out)
+    assert json.loads((out / "settings.json").read_text())["learning_rate"] == 0.01
+    # once a stage has started, the folder belongs to its settings
+    (out / "source_only").mkdir()
+    with pytest.raises(ConfigError, match="other settings"):
+        demo.check_out_folder(demo.parse_args(["--quick", "--learning-rate", "0.5"]), out)

@@ -112,6 +112,10 @@ CASES = [
     ("demo-out-not-a-demo", ["demo.py", "--quick", "--out", "{run}", "--data-dir", "{out}"], "--out"),
     ("demo-size-x", ["demo.py", "--quick", "--out", "{out}/d", "--size", "64x32"], "--size"),
     ("demo-negative-steps", ["demo.py", "--quick", "--out", "{out}/d", "--steps", "-3"], "--steps"),
+    ("demo-data-dir-is-a-file", ["demo.py", "--quick", "--out", "{out}/d", "--data-dir", "{file}"], "--data-dir"),
+    ("demo-size-too-small", ["demo.py", "--quick", "--out", "{out}/d", "--size", "64,16"], "--size 64,16"),
+    ("demo-negative-lr", ["demo.py", "--quick", "--out", "{out}/d", "--learning-rate", "-1"], "--learning-rate"),
+    ("d22-input-size-below-discriminator", [D22, *TRAIN, "--input-size-target", "64,16"], "--input-size-target"),
 ]
 
 

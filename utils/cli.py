@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -34,6 +35,17 @@ def parse_pair(text: str, flag: str = "size") -> tuple[int, int]:
 def size_arg(text: str) -> tuple[int, int]:
     """argparse `type=` for a 'W,H' size."""
     return parse_pair(text, "size")
+
+
+def positive_float(text: str) -> float:
+    """argparse `type=` for a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def positive_int(text: str) -> int:

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Optional
 
+from model.discriminator import MIN_SIZE
 from utils.cli import ArgumentParser, non_negative_int, positive_int, size_arg
 
 PARADIGMS = ("source", "target", "both", "sequential")
@@ -290,6 +291,13 @@ def _check(cfg: TrainConfig, parser: ArgumentParser, distill: bool) -> None:
             parser.error(f"{_RENAMED.get(name, _flag(name))} expects a positive value, got {getattr(cfg, name)}")
     if cfg.paradigm == "sequential" and cfg.distill and cfg.num_steps_target <= 0:
         parser.error("--paradigm sequential needs --num-steps-target > 0")
+    if cfg.adapt:  # the discriminators see the outputs at the input sizes
+        for name in ("input_size", "input_size_target"):
+            w, h = getattr(cfg, name)
+            if min(w, h) < MIN_SIZE:
+                parser.error(f"--{name.replace('_', '-')} {w},{h}: the discriminators need at least "
+                             f"{MIN_SIZE}x{MIN_SIZE} (or train without them: --lambda-adv-target1 0 "
+                             "--lambda-adv-target2 0)")
 
 
 def run_name(cfg: TrainConfig) -> str:
