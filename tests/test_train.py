@@ -174,13 +174,20 @@ def test_an_old_code_state_dict_serves_as_teacher(synthetic_root, tmp_path):
     assert "kl_src" in _terms(out)
 
 
-def test_resume_refuses_another_aux_layer(synthetic_root, tmp_path):
+def test_resume_refuses_another_aux_layer(synthetic_root, tmp_path, capsys):
     out = tmp_path / "run"
     args = tiny_train_args(synthetic_root, out, steps=4)
     assert student_script.main([*args, "--num-steps-stop", "2"]) == 0
     for aux in ("5", "7"):  # 5: other shapes; 7: same shapes, the head would silently move
-        with pytest.raises(CheckpointError, match=f"aux_layer=6, this run asks for {aux}"):
+        with pytest.raises(SystemExit):
             student_script.main([*args, "--resume", str(out / "last.pth"), "--aux-layer", aux])
+        assert f"--aux-layer {aux} (the run has 6)" in capsys.readouterr().err
+    # a checkpoint without its settings (written by an older version) is still checked by the engine
+    state = torch.load(out / "last.pth", weights_only=True)
+    del state["config"]
+    torch.save(state, out / "bare.pth")
+    with pytest.raises(CheckpointError, match="aux_layer=6, this run asks for 7"):
+        student_script.main([*args, "--resume", str(out / "bare.pth"), "--aux-layer", "7"])
 
 
 def test_keep_best_survives_a_resume(synthetic_root, tmp_path, monkeypatch):
@@ -208,3 +215,47 @@ def test_a_missing_val_split_stops_the_run_before_it_writes_anything(synthetic_r
     with pytest.raises(DatasetError, match="nope"):
         student_script.main(args)
     assert not out.exists()
+
+
+def test_an_offline_imagenet_download_names_the_flag_and_leaves_no_run_folder(synthetic_root, tmp_path, monkeypatch):
+    import urllib.error
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    out = tmp_path / "run"
+    args = [*tiny_train_args(synthetic_root, out, steps=1), "--pretrained", "imagenet"]
+    with pytest.raises(CheckpointError, match=r"^--pretrained imagenet: could not download .*--pretrained none"):
+        student_script.main(args)
+    assert not out.exists()
+
+
+def test_sync_bn_on_a_cpu_is_refused_in_a_single_process_too(synthetic_root, tmp_path):
+    from utils.errors import ConfigError
+
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match="--sync-bn needs CUDA"):
+        student_script.main([*tiny_train_args(synthetic_root, out, steps=1), "--sync-bn"])
+    assert not out.exists()
+
+
+def test_resume_alone_continues_the_run_with_its_saved_settings(synthetic_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [*tiny_train_args(synthetic_root, out, steps=4), "--learning-rate", "0.002"]
+    assert student_script.main([*args, "--num-steps-stop", "2"]) == 0
+    last = str(out / "last.pth")
+    # no data flags, no folder, no schedule: all from the checkpoint (from another working directory too)
+    assert student_script.main(["--resume", last, "--no-progress", "--device", "cpu", "--num-workers", "0",
+                                "--log-every", "1"]) == 0
+    assert [r["step"] for r in read_log(out / "log.jsonl")] == [1, 2, 3, 4]
+    assert json.loads((out / "config.json").read_text())["config"]["learning_rate"] == 0.002
+    # a flag that would change the run is refused, naming it and the run's value
+    with pytest.raises(SystemExit) as stop:
+        student_script.main(["--resume", last, "--learning-rate", "0.5", "--batch-size", "2"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "--learning-rate 0.5 (the run has 0.002)" in err and "--batch-size" not in err
+    with pytest.raises(SystemExit):
+        teacher_script.main(["--resume", last])
+    assert "it is a run of train_gta2cs_multi_drnd22.py" in capsys.readouterr().err

@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from model.discriminator import MIN_SIZE
@@ -247,7 +248,8 @@ def build_parser(defaults: TrainConfig, *, prog: str, description: str, distill:
     g.add_argument("--save-pred-every", dest="save_pred_every", type=positive_int, default=d.save_pred_every,
                    help="write last.pth every N steps")
     g.add_argument("--keep-last", dest="keep_last", type=positive_int, default=d.keep_last,
-                   help="also keep the last K step_N.pth snapshots")
+                   help="keep the K latest saves: with K > 1 each save is also step_N.pth (the newest is "
+                        "last.pth under a second name); K = 1 keeps last.pth alone")
     g.add_argument("--resume", default=d.resume, help="continue from a last.pth")
     g.add_argument("--log-every", dest="log_every", type=positive_int, default=d.log_every)
     g.add_argument("--eval-every", dest="eval_every", type=non_negative_int, default=d.eval_every,
@@ -264,17 +266,62 @@ def build_parser(defaults: TrainConfig, *, prog: str, description: str, distill:
     return p
 
 
+# With --resume, how each setting is resolved (every other setting is the run's and cannot change):
+# how this invocation runs, from its own flags and the script's defaults, ...
+RESUME_RUNTIME = frozenset({
+    "resume", "device", "num_workers", "amp", "channels_last", "deterministic", "sync_bn", "progress", "debug",
+    "log_every", "save_pred_every", "keep_last", "num_steps_stop", "eval_every", "eval_limit", "keep_best",
+    "skip_nonfinite", "allow_pickle", "pretrained", "restore_from",
+})
+# ... and where the run's files are: the saved paths unless given again (data and teachers may move).
+RESUME_PATHS = frozenset({"data_dir", "data_list", "data_dir_target", "data_list_target", "teacher",
+                          "snapshot_dir", "val_split", "eval_size"})
+
+
 def parse_config(defaults: TrainConfig, argv: Sequence[str] | None, *, prog: str, description: str,
                  distill: bool) -> TrainConfig:
-    """Parse argv over the script's defaults and return the resolved `TrainConfig`."""
+    """Parse argv over the script's defaults and return the resolved `TrainConfig`.
+
+    With --resume the run's saved settings apply: `--resume RUN/last.pth` alone continues it.
+    """
     parser = build_parser(defaults, prog=prog, description=description, distill=distill)
     args = parser.parse_args(argv)
     cfg = dataclasses.replace(defaults, **vars(args))
+    if args.resume:
+        cfg = _resumed(cfg, _given(parser, argv, vars(args)), parser, prog)
     cfg.script = prog
     if cfg.pretrained in ("none", "None", ""):
         cfg.pretrained = "none"
     _check(cfg, parser, distill)
     return cfg
+
+
+def _given(parser: ArgumentParser, argv: Sequence[str] | None, parsed: dict) -> set[str]:
+    """The settings given on the command line (argparse fills in a default only where none is set yet)."""
+    unset = object()
+    probe = parser.parse_args(argv, namespace=argparse.Namespace(**{k: unset for k in parsed}))
+    return {k for k, v in vars(probe).items() if v is not unset}
+
+
+def _resumed(cfg: TrainConfig, given: set[str], parser: ArgumentParser, prog: str) -> TrainConfig:
+    """`cfg` with the settings saved in --resume's checkpoint; a flag that would change the run is an error."""
+    from utils.checkpoint import load_training_state  # reads the checkpoint once more, here, to fail early
+
+    saved = load_training_state(cfg.resume).get("config")
+    if not saved:
+        return cfg  # a checkpoint without its settings: the flags decide, as before resume kept them
+    run = TrainConfig.from_dict(saved)
+    if run.script and run.script != prog:
+        parser.error(f"--resume {cfg.resume}: it is a run of {run.script}; resume it with that script")
+    changed = [f"{_RENAMED.get(k, _flag(k))} {getattr(cfg, k)} (the run has {getattr(run, k)})"
+               for k in sorted(given - RESUME_RUNTIME - RESUME_PATHS) if getattr(cfg, k) != getattr(run, k)]
+    if changed:
+        parser.error(f"--resume {cfg.resume}: a resumed run keeps its settings; drop " + "; ".join(changed))
+    kept = {f.name: getattr(run, f.name) for f in dataclasses.fields(TrainConfig)
+            if f.name not in RESUME_RUNTIME and f.name not in given}
+    if "snapshot_dir" not in given:
+        kept["snapshot_dir"] = str(Path(cfg.resume).parent)  # continue in the folder of its last.pth
+    return dataclasses.replace(cfg, **kept)
 
 
 def _check(cfg: TrainConfig, parser: ArgumentParser, distill: bool) -> None:

@@ -19,6 +19,7 @@ from dataset import build_dataset
 from dataset.sampling import StreamSampler, seed_worker
 from model import DEFAULT_AUX_LAYER, Discriminator, build_from_checkpoint, build_seg_model, load_weights, save_final
 from utils.checkpoint import TRAIN_FORMAT, load_training_state, save_training_state
+from utils.cli import check_output
 from utils.config import TrainConfig, run_name
 from utils.errors import CheckpointError, ConfigError, UserError
 from utils.evaluate import eval_collate
@@ -128,8 +129,12 @@ def build_streams(cfg: TrainConfig, info: DistInfo, samples_drawn: int, need_tar
 def build_models(cfg: TrainConfig, device: torch.device):
     """The segmentation net (initialised per --pretrained / --restore-from), D1, D2 and the teacher."""
     pretrained = None if cfg.pretrained == "none" or cfg.restore_from or cfg.resume else cfg.pretrained
-    net = build_seg_model(cfg.arch, num_classes=cfg.num_classes, aux_layer=cfg.aux_layer, pretrained=pretrained,
-                          zero_residual=cfg.zero_init_residual)
+    try:
+        net = build_seg_model(cfg.arch, num_classes=cfg.num_classes, aux_layer=cfg.aux_layer, pretrained=pretrained,
+                              zero_residual=cfg.zero_init_residual)
+    except CheckpointError as err:
+        raise CheckpointError(f"--pretrained {cfg.pretrained}: {err} (--pretrained PATH takes a downloaded file; "
+                              "--pretrained none starts from random weights)") from err
     if cfg.restore_from and not cfg.resume:
         load_weights(net, cfg.restore_from, allow_pickle=cfg.allow_pickle)
     discs = (Discriminator(cfg.num_classes), Discriminator(cfg.num_classes))
@@ -157,14 +162,14 @@ def make_optimizers(cfg: TrainConfig, net: nn.Module, discs):
 
 
 def _wrap_ddp(cfg: TrainConfig, info: DistInfo, device: torch.device, net: nn.Module, discs):
+    if cfg.sync_bn and device.type != "cuda":  # torch's SyncBatchNorm refuses CPU tensors at the first forward
+        raise ConfigError("--sync-bn needs CUDA devices (torch's SyncBatchNorm has no CPU kernel); "
+                          "drop it for a CPU run")
     if not info.enabled:
         return net, discs
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     if cfg.sync_bn:
-        if device.type != "cuda":  # torch's SyncBatchNorm refuses CPU tensors at the first forward
-            raise ConfigError("--sync-bn needs CUDA devices (torch's SyncBatchNorm has no CPU kernel); "
-                              "drop it for a CPU/gloo run")
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     ids = [device.index] if device.type == "cuda" else None
     net = DDP(net, device_ids=ids)
@@ -238,7 +243,7 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> Path:
     datasets = build_datasets(cfg, info, cfg.adapt or any(p.distill_target for p in phases))
     val_set = _val_dataset(cfg) if cfg.eval_every and info.is_main else None
     if info.is_main:
-        _check_writable(folder)
+        check_output(folder, "--snapshot-dir", folder=True)  # created by the logger, once every input is checked
         if not cfg.resume and (folder / "last.pth").exists():
             raise ConfigError(f"--snapshot-dir {folder}: it already holds a run (last.pth); continue it with "
                               f"--resume {folder / 'last.pth'} or choose another folder")
@@ -296,16 +301,6 @@ def _restore_optimizers(step_fn: TrainStep, state: dict) -> None:
     step_fn.d_optimizers[1].load_state_dict(state["optimizer_d2"])
     if "scaler" in state and state["scaler"]:
         step_fn.scaler.load_state_dict(state["scaler"])
-
-
-def _check_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write_test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise ConfigError(f"--snapshot-dir {folder}: cannot write there ({err.strerror})") from err
 
 
 def _run_phase(cfg, info, phase, phase_index, step, global_step, skipped, net, discs, step_fn, logger, folder,
