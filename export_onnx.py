@@ -234,13 +234,14 @@ def format_cards(cards: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _load(path: str | None, arch: str | None, allow_pickle: bool) -> tuple[str, nn.Module]:
+def _load(path: str | None, arch: str | None, allow_pickle: bool,
+          flag: str = "--restore-from") -> tuple[str, nn.Module]:
     """(display name, net on the CPU in eval mode) from a checkpoint, or an untrained `arch`."""
     if path is None:
         if arch is None:
             raise ConfigError("give --restore-from CKPT (or --arch ARCH to export an untrained net)")
         return f"{arch} (untrained)", build_seg_model(arch).eval()
-    net = load_net(path, arch=arch, allow_pickle=allow_pickle)
+    net = load_net(path, arch=arch, allow_pickle=allow_pickle, flag=flag)
     return f"{getattr(net, 'arch', arch)} ({Path(path).name})", net
 
 
@@ -257,6 +258,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if not args.no_check:
         require("onnxruntime")  # fail before the export, not after
     name, net = _load(args.restore_from, args.arch, args.allow_pickle)
+    other = None
+    if args.compare or args.compare_arch:  # loaded before the export: a bad --compare must not cost one
+        other = _load(args.compare, args.compare_arch, args.allow_pickle, flag="--compare")
     out = export(net, args.out, with_aux=args.with_aux, opset=args.opset)
     size_mb = out.stat().st_size / 2**20
     print(f"exported {name} to {out} ({size_mb:.1f} MB, opset {args.opset}, dynamic batch/height/width, "
@@ -274,9 +278,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             raise ConfigError(f"onnxruntime and PyTorch differ by {worst:.2e} > --tolerance {args.tolerance:g}")
         print(f"onnxruntime matches PyTorch: max abs diff {worst:.2e} <= {args.tolerance:g}")
     cards = [model_card(name, net, args, session)]
-    if args.compare or args.compare_arch:
-        other_name, other = _load(args.compare, args.compare_arch, args.allow_pickle)
-        cards.append(model_card(other_name, other, args))
+    if other is not None:
+        cards.append(model_card(other[0], other[1], args))
     print(format_cards(cards))
     report["cards"] = cards
     if args.json:

@@ -79,3 +79,13 @@ def test_a_failed_export_names_the_opset_and_keeps_the_old_file(tmp_path):
         export_onnx.main(["--arch", "drn_d_22", "--out", str(out), "--opset", "99", "--no-check", "--no-latency"])
     assert out.read_bytes() == b"an earlier export"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["net.onnx"]
+
+
+def test_a_missing_compare_checkpoint_is_named_before_anything_is_written(tmp_path):
+    from utils.errors import CheckpointError
+
+    out = tmp_path / "net.onnx"
+    with pytest.raises(CheckpointError, match=r"^--compare .*nope\.pth: no such file"):
+        export_onnx.main(["--arch", "drn_d_22", "--out", str(out), "--compare", str(tmp_path / "nope.pth"),
+                          "--no-check", "--no-latency"])
+    assert not out.exists()

@@ -209,13 +209,13 @@ def evaluate(net: nn.Module, loader: Iterable[dict], device: torch.device | str,
 
 
 def load_net(restore_from: str, *, arch: str | None = None, allow_pickle: bool = False,
-             device: torch.device | str = "cpu") -> nn.Module:
+             device: torch.device | str = "cpu", flag: str = "--restore-from") -> nn.Module:
     """A segmentation net in eval mode from any checkpoint form `model.load_weights` accepts.
 
-    Our own checkpoints carry their architecture; `arch` is needed only for foreign forms (the old
-    code's state dicts). A missing local file is a `CheckpointError` naming `--restore-from`.
+    Our own checkpoints carry their architecture; others are built as the architecture their keys show
+    (or `arch`). A missing local file is a `CheckpointError` naming `flag`.
     """
     if "://" not in restore_from and not Path(restore_from).is_file():
-        raise CheckpointError(f"--restore-from {restore_from}: no such file")
+        raise CheckpointError(f"{flag} {restore_from}: no such file")
     net = build_from_checkpoint(restore_from, map_location="cpu", allow_pickle=allow_pickle, arch=arch)
     return net.to(device).eval()
