@@ -30,7 +30,8 @@ from scipy import ndimage
 from dataset.labels import IGNORE_LABEL, NUM_CLASSES, PALETTE, TRAIN_ID_TO_LABEL_ID
 from dataset.synth_canvas import EGO
 from dataset.synth_scene import SceneParams, draw_scene
-from utils.cli import ArgumentParser, check_output, non_negative_int, run_cli, size_arg
+from utils.cli import ArgumentParser, check_output, positive_int, run_cli, size_arg
+from utils.errors import ConfigError
 
 DEFAULT_NUM_TRAIN = 200
 DEFAULT_NUM_VAL = 50
@@ -219,9 +220,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Command line: generate the benchmark and print what was written."""
     parser = ArgumentParser(prog="python -m dataset.synthetic", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="output folder (gets gta5/, cityscapes/, bdd/)")
-    parser.add_argument("--num-train", type=non_negative_int, default=DEFAULT_NUM_TRAIN,
+    parser.add_argument("--num-train", type=positive_int, default=DEFAULT_NUM_TRAIN,
                         help="training frames per domain (default %(default)s)")
-    parser.add_argument("--num-val", type=non_negative_int, default=DEFAULT_NUM_VAL,
+    parser.add_argument("--num-val", type=positive_int, default=DEFAULT_NUM_VAL,
                         help="validation frames for cityscapes and bdd (default %(default)s)")
     parser.add_argument("--size", type=size_arg, default=DEFAULT_SIZE,
                         help="Cityscapes frame size W,H; GTA5 and BDD use W with their own aspect "
@@ -231,8 +232,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="domains to write (default: all three)")
     args = parser.parse_args(argv)
     check_output(args.out, "--out", folder=True)
+    taken = [d for d in args.domains if (Path(args.out) / d).is_dir() and any((Path(args.out) / d).iterdir())]
+    if taken:  # writing over another benchmark would mix its frames with these
+        raise ConfigError(f"--out {args.out}: already holds {', '.join(f'{d}/' for d in taken)}; choose another "
+                          "folder or delete it")
     start = time.perf_counter()
-    written = generate(args.out, args.num_train, args.num_val, args.size, args.seed, args.domains)
+    try:
+        written = generate(args.out, args.num_train, args.num_val, args.size, args.seed, args.domains)
+    except OSError as err:
+        raise ConfigError(f"--out {args.out}: cannot write there ({err.strerror or err})") from err
     seconds = time.perf_counter() - start
     total = sum(written.values())
     for domain, count in written.items():

@@ -107,6 +107,9 @@ CASES = [
                               "--out", "{file}/sub/l.txt"], "--out"),
     ("synthetic-out-under-file", ["-m", "dataset.synthetic", "--out", "{file}/sub", "--num-train", "1"], "--out"),
     ("synthetic-size-x", ["-m", "dataset.synthetic", "--out", "{out}", "--size", "64x32"], "--size"),
+    ("synthetic-over-a-benchmark", ["-m", "dataset.synthetic", "--out", "{ws}", "--num-train", "1"],
+     "already holds gta5/, bdd/"),
+    ("synthetic-no-frames", ["-m", "dataset.synthetic", "--out", "{out}", "--num-train", "0"], "--num-train"),
     # the demo
     ("demo-out-under-file", ["demo.py", "--quick", "--out", "{file}/sub", "--data-dir", "{out}"], "--out"),
     ("demo-out-not-a-demo", ["demo.py", "--quick", "--out", "{run}", "--data-dir", "{out}"], "--out"),
