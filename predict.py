@@ -43,7 +43,8 @@ def get_parser() -> ArgumentParser:
     """Flags of predict.py, defaults from the constants above."""
     p = ArgumentParser(prog="predict.py", description=__doc__.splitlines()[0])
     p.add_argument("--restore-from", required=True, help="checkpoint (final.pth, last.pth, old state dict, URL)")
-    p.add_argument("--input", required=True, help="an image, a folder of images (recursive) or a video file")
+    p.add_argument("--input", required=True, help="an image, a folder of images (recursive) or a video file "
+                                                "(with a torchvision that has read_video)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--input-size", type=size_arg, default=size_arg(INPUT_SIZE), help="W,H fed to the net")
     p.add_argument("--device", default=DEVICE, help="auto, cpu, cuda or cuda:N")

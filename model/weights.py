@@ -229,7 +229,7 @@ def build_from_checkpoint(path: str | os.PathLike, map_location: str | torch.dev
     given = {"arch": arch, "aux_layer": aux_layer, "num_classes": num_classes}
     for key, value in given.items():
         if value is not None and key in meta and meta[key] != value:
-            raise CheckpointError(f"{source} holds a {key} of {meta[key]!r}, not the requested {value!r}")
+            raise CheckpointError(f"{source} holds {key} {meta[key]!r}, not the requested {value!r}")
     arch = meta.get("arch", arch) or infer_arch(state)
     if arch is None:
         raise CheckpointError(f"{source} ({form}): its backbone's keys and shapes match none of the DRN "
