@@ -67,10 +67,11 @@ class ConfusionMatrix:
         c = self.num_classes
         pred = pred.reshape(-1).to(self.device, torch.int64)
         target = target.reshape(-1).to(self.device, torch.int64)
-        # One mask covers the ignore label and any stray id, so bincount never sees an out-of-range index.
         keep = (target >= 0) & (target < c) & (pred >= 0) & (pred < c)
-        flat = target[keep] * c + pred[keep]
-        self.matrix += torch.bincount(flat, minlength=c * c).reshape(c, c)
+        # The ignore label and any stray id go to one extra bin, past the C*C counted ones: no boolean
+        # indexing, which would compact the kept pixels (and wait for the device to count them).
+        flat = torch.where(keep, target * c + pred, c * c)
+        self.matrix += torch.bincount(flat, minlength=c * c + 1)[: c * c].reshape(c, c)
 
     def all_reduce(self) -> None:
         """Sum the counts of every process when torch.distributed is initialised (a no-op otherwise)."""
