@@ -300,3 +300,21 @@ def test_allow_pickle_loads_a_whole_pickled_model_end_to_end(runner, ws, tmp_pat
                      "--restore-from", ws["pickled"], "--allow-pickle")
     assert trained.returncode == 0, trained.stderr
     assert (tmp_path / "run" / "final.pth").is_file()
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(ws):
+    """`python eval_cs.py ... | head`: no BrokenPipeError traceback when head stops reading."""
+    args = [a.format(**ws, out="unused") for a in EVAL]
+    proc = subprocess.Popen([sys.executable, "eval_cs.py", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 1
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_a_module_run_names_itself_as_typed(tmp_path):
+    result = run_script("-m", "dataset.make_lists", "--dataset", "cityscapes", "--root", str(tmp_path / "nope"),
+                        "--split", "val", "--out", str(tmp_path / "l.txt"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("python -m dataset.make_lists: error: cityscapes dataset root")

@@ -20,6 +20,16 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, unless it has none or its help already says what the default does."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def parse_pair(text: str, flag: str = "size") -> tuple[int, int]:
     """Parse 'W,H' into two positive integers; raise `argparse.ArgumentTypeError` naming `flag` otherwise."""
     parts = text.split(",")
@@ -103,10 +113,20 @@ def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] 
     except UserError as err:
         if debug:
             raise
-        prog = os.path.basename(sys.argv[0]) or "dakd"
-        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
+        print(f"{_prog()}: error: {one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # the reader went away (`... | head`): stop quietly, as command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit flush cannot fail
+        return 1
     return status if isinstance(status, int) else 0
+
+
+def _prog() -> str:
+    """The command as the user typed it: `python -m package.module` or the script's file name."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name and spec.name != "__main__":
+        return f"python -m {spec.name}"
+    return os.path.basename(sys.argv[0]) or "dakd"
 
 
 def one_line(err: BaseException) -> str:

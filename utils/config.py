@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from model.discriminator import MIN_SIZE
-from utils.cli import ArgumentParser, non_negative_int, positive_int, size_arg
+from utils.cli import ArgumentParser, DefaultsHelpFormatter, non_negative_int, positive_int, size_arg
 
 PARADIGMS = ("source", "target", "both", "sequential")
 SOURCES = ("gta5", "bdd", "cityscapes")  # cityscapes: its own labels, the "oracle" upper bound
@@ -155,7 +155,7 @@ def build_parser(defaults: TrainConfig, *, prog: str, description: str, distill:
     """The command line of a training script, with defaults taken from the script's constants."""
     d = defaults
     p = ArgumentParser(prog=prog, description=description,
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsHelpFormatter)
 
     def add(name: str, **kw) -> None:
         p.add_argument(_RENAMED.get(name, _flag(name)), dest=name, default=getattr(d, name), **kw)

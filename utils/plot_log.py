@@ -40,7 +40,8 @@ def plot_log(log_path: str | Path, out_path: str | Path | None = None) -> Path:
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
     for ax, key in zip(axes.flat, keys):
         xs, ys = series[key]
-        ax.plot(xs, ys, marker="o" if key.startswith("val/") else None, lw=1)
+        # a marker where a line cannot show: sparse validation scores, or a single logged value
+        ax.plot(xs, ys, marker="o" if key.startswith("val/") or len(xs) == 1 else None, lw=1)
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
