@@ -190,21 +190,27 @@ def test_resume_refuses_another_aux_layer(synthetic_root, tmp_path, capsys):
         student_script.main([*args, "--resume", str(out / "bare.pth"), "--aux-layer", "7"])
 
 
-def test_keep_best_survives_a_resume(synthetic_root, tmp_path, monkeypatch):
-    scores = iter([0.5, 0.2])  # step 2 is the best; step 4, after the resume, is worse
+def test_keep_best_survives_resumes(synthetic_root, tmp_path, monkeypatch):
+    scores = iter([0.5, 0.2])  # step 2 is the best; step 6, two resumes later, is worse
 
     def fake_evaluate(net, loader, device, **kwargs):
         return {"mIoU": next(scores), "pixel_acc": 0.5}
 
     monkeypatch.setattr("utils.evaluate.evaluate", fake_evaluate)
     out = tmp_path / "run"
-    args = [*tiny_train_args(synthetic_root, out, steps=4), "--eval-every", "2", "--keep-best"]
+    args = [*tiny_train_args(synthetic_root, out, steps=6), "--eval-every", "2", "--keep-best"]
+    last = str(out / "last.pth")
     assert student_script.main([*args, "--num-steps-stop", "2"]) == 0
     best = torch.load(out / "best.pth", weights_only=True)["state_dict"]
-    assert torch.load(out / "last.pth", weights_only=True)["best_val_mIoU"] == 0.5
-    assert student_script.main([*args, "--resume", str(out / "last.pth")]) == 0
+    assert torch.load(last, weights_only=True)["best_val_mIoU"] == 0.5
+    # a stretch without validation carries the score through its saves
+    host = ["--num-workers", "0", "--no-progress", "--device", "cpu"]
+    assert student_script.main(["--resume", last, *host, "--eval-every", "0", "--num-steps-stop", "4"]) == 0
+    assert torch.load(last, weights_only=True)["best_val_mIoU"] == 0.5
+    assert student_script.main(["--resume", last, *host, "--eval-every", "2"]) == 0  # validates again
     kept = torch.load(out / "best.pth", weights_only=True)["state_dict"]
     assert all(torch.equal(best[k], kept[k]) for k in best)
+    assert next(scores, None) is None  # one validation before the resumes, one after
 
 
 def test_a_missing_val_split_stops_the_run_before_it_writes_anything(synthetic_root, tmp_path):
@@ -240,16 +246,20 @@ def test_sync_bn_on_a_cpu_is_refused_in_a_single_process_too(synthetic_root, tmp
     assert not out.exists()
 
 
-def test_resume_alone_continues_the_run_with_its_saved_settings(synthetic_root, tmp_path, capsys):
+def test_resume_alone_continues_the_run_with_its_saved_settings(synthetic_root, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
-    args = [*tiny_train_args(synthetic_root, out, steps=4), "--learning-rate", "0.002"]
-    assert student_script.main([*args, "--num-steps-stop", "2"]) == 0
+    monkeypatch.chdir(synthetic_root)  # the run starts with data paths relative to this folder
+    args = [a if a != str(synthetic_root / "gta5") else "gta5" for a in tiny_train_args(synthetic_root, out, steps=4)]
+    assert "gta5" in args
+    assert student_script.main([*args, "--learning-rate", "0.002", "--amp", "bf16", "--num-steps-stop", "2"]) == 0
     last = str(out / "last.pth")
-    # no data flags, no folder, no schedule: all from the checkpoint (from another working directory too)
-    assert student_script.main(["--resume", last, "--no-progress", "--device", "cpu", "--num-workers", "0",
-                                "--log-every", "1"]) == 0
+    # from another folder, with no data flags, no run folder, no schedule: all from the checkpoint
+    monkeypatch.chdir(tmp_path)
+    assert student_script.main(["--resume", last, "--no-progress", "--device", "cpu", "--num-workers", "0"]) == 0
     assert [r["step"] for r in read_log(out / "log.jsonl")] == [1, 2, 3, 4]
-    assert json.loads((out / "config.json").read_text())["config"]["learning_rate"] == 0.002
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert config["learning_rate"] == 0.002 and config["amp"] == "bf16" and config["log_every"] == 1
+    assert config["data_dir"] == str(synthetic_root / "gta5")
     # a flag that would change the run is refused, naming it and the run's value
     with pytest.raises(SystemExit) as stop:
         student_script.main(["--resume", last, "--learning-rate", "0.5", "--batch-size", "2"])
@@ -259,3 +269,20 @@ def test_resume_alone_continues_the_run_with_its_saved_settings(synthetic_root, 
     with pytest.raises(SystemExit):
         teacher_script.main(["--resume", last])
     assert "it is a run of train_gta2cs_multi_drnd22.py" in capsys.readouterr().err
+
+
+def test_resume_names_a_saved_data_folder_that_is_gone(synthetic_root, tmp_path, capsys):
+    import shutil
+
+    moved = tmp_path / "gta5"
+    shutil.copytree(synthetic_root / "gta5", moved)
+    out = tmp_path / "run"
+    args = [*tiny_train_args(synthetic_root, out, steps=4), "--data-dir", str(moved), "--num-steps-stop", "2"]
+    assert student_script.main(args) == 0
+    shutil.move(moved, tmp_path / "gta5_elsewhere")
+    with pytest.raises(SystemExit):
+        student_script.main(["--resume", str(out / "last.pth")])
+    assert f"the run's --data-dir {moved} does not exist here; give --data-dir again" in capsys.readouterr().err
+    host = ["--num-workers", "0", "--no-progress", "--device", "cpu"]
+    assert student_script.main(["--resume", str(out / "last.pth"), *host,
+                                "--data-dir", str(tmp_path / "gta5_elsewhere")]) == 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -266,16 +267,19 @@ def build_parser(defaults: TrainConfig, *, prog: str, description: str, distill:
     return p
 
 
-# With --resume, how each setting is resolved (every other setting is the run's and cannot change):
-# how this invocation runs, from its own flags and the script's defaults, ...
-RESUME_RUNTIME = frozenset({
-    "resume", "device", "num_workers", "amp", "channels_last", "deterministic", "sync_bn", "progress", "debug",
-    "log_every", "save_pred_every", "keep_last", "num_steps_stop", "eval_every", "eval_limit", "keep_best",
-    "skip_nonfinite", "allow_pickle", "pretrained", "restore_from",
+# With --resume, how each setting is resolved. From this invocation (its flags, else the script's defaults):
+# where and how fast it runs; --num-steps-stop too, so that a run stopped early goes on to its end.
+RESUME_HOST = frozenset({"resume", "device", "num_workers", "progress", "debug", "num_steps_stop"})
+# The run's saved value unless given again: how the run computes and records, and where its files are
+# (data and teachers may move). Every other setting is the run's own and cannot change.
+RESUME_MAY_CHANGE = frozenset({
+    "amp", "channels_last", "deterministic", "sync_bn", "log_every", "save_pred_every", "keep_last",
+    "eval_every", "eval_limit", "keep_best", "skip_nonfinite", "allow_pickle",
+    "data_dir", "data_list", "data_dir_target", "data_list_target", "teacher", "snapshot_dir", "val_split",
+    "eval_size",
 })
-# ... and where the run's files are: the saved paths unless given again (data and teachers may move).
-RESUME_PATHS = frozenset({"data_dir", "data_list", "data_dir_target", "data_list_target", "teacher",
-                          "snapshot_dir", "val_split", "eval_size"})
+# Paths saved in the run's settings, made absolute when a run starts so that a resume works from anywhere.
+SAVED_PATHS = ("data_dir", "data_list", "data_dir_target", "data_list_target", "teacher")
 
 
 def parse_config(defaults: TrainConfig, argv: Sequence[str] | None, *, prog: str, description: str,
@@ -289,6 +293,10 @@ def parse_config(defaults: TrainConfig, argv: Sequence[str] | None, *, prog: str
     cfg = dataclasses.replace(defaults, **vars(args))
     if args.resume:
         cfg = _resumed(cfg, _given(parser, argv, vars(args)), parser, prog)
+    for name in SAVED_PATHS:
+        value = getattr(cfg, name)
+        if value and "://" not in value:
+            setattr(cfg, name, os.path.abspath(value))
     cfg.script = prog
     if cfg.pretrained in ("none", "None", ""):
         cfg.pretrained = "none"
@@ -314,13 +322,18 @@ def _resumed(cfg: TrainConfig, given: set[str], parser: ArgumentParser, prog: st
     if run.script and run.script != prog:
         parser.error(f"--resume {cfg.resume}: it is a run of {run.script}; resume it with that script")
     changed = [f"{_RENAMED.get(k, _flag(k))} {getattr(cfg, k)} (the run has {getattr(run, k)})"
-               for k in sorted(given - RESUME_RUNTIME - RESUME_PATHS) if getattr(cfg, k) != getattr(run, k)]
+               for k in sorted(given - RESUME_HOST - RESUME_MAY_CHANGE) if getattr(cfg, k) != getattr(run, k)]
     if changed:
         parser.error(f"--resume {cfg.resume}: a resumed run keeps its settings; drop " + "; ".join(changed))
     kept = {f.name: getattr(run, f.name) for f in dataclasses.fields(TrainConfig)
-            if f.name not in RESUME_RUNTIME and f.name not in given}
+            if f.name not in RESUME_HOST and f.name not in given}
     if "snapshot_dir" not in given:
         kept["snapshot_dir"] = str(Path(cfg.resume).parent)  # continue in the folder of its last.pth
+    for name in SAVED_PATHS:
+        value = kept.get(name)
+        if value and "://" not in value and not os.path.exists(value):
+            parser.error(f"--resume {cfg.resume}: the run's {_flag(name)} {value} does not exist here; "
+                         f"give {_flag(name)} again")
     return dataclasses.replace(cfg, **kept)
 
 

@@ -263,8 +263,10 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> Path:
     logger = RunLogger(folder, enabled=info.is_main)
     logger.write_run_info(cfg.to_dict(), {"run_name": folder.name, "world_size": info.world_size,
                                           "device": str(device), "phases": [p.name for p in phases]})
-    validator = _Validator(cfg, device, logger, folder, info, val_set) if cfg.eval_every else None
-    if validator is not None and state is not None and state.get("best_val_mIoU") is not None:
+    # Always there, so that the best val score so far travels through every save, even while a resumed
+    # run does not validate; it scores the net only with --eval-every.
+    validator = _Validator(cfg, device, logger, folder, info, val_set)
+    if state is not None and state.get("best_val_mIoU") is not None:
         validator.best = state["best_val_mIoU"]  # so that --keep-best compares with the run's best so far
     try:
         with _Signals() as signals:
@@ -349,7 +351,7 @@ def _run_phase(cfg, info, phase, phase_index, step, global_step, skipped, net, d
                 logger.log(global_step, values, phase=phase.name)
                 if bar is not None:
                     bar.set_postfix({k: f"{values[k]:.3g}" for k in ("total", "seg_main", "lr") if k in values})
-            if validator is not None and (step % cfg.eval_every == 0 or step == phase.num_steps_stop):
+            if cfg.eval_every and (step % cfg.eval_every == 0 or step == phase.num_steps_stop):
                 validator(net, global_step)  # before the save, so that the checkpoint knows the best score
                 net.train()
             if step % cfg.save_pred_every == 0 and step != last_saved:
@@ -369,7 +371,7 @@ def _run_phase(cfg, info, phase, phase_index, step, global_step, skipped, net, d
 def _save(cfg, info, net, discs, step_fn, phase_index, step, global_step, skipped, folder, validator) -> Path:
     path = folder / "last.pth"
     if info.is_main:
-        best = validator.best if validator is not None and math.isfinite(validator.best) else None
+        best = validator.best if math.isfinite(validator.best) else None
         state = training_state(cfg, net, discs, step_fn, phase_index, step, global_step, skipped, best)
         path = save_training_state(state, folder, global_step, cfg.keep_last)
     barrier(info)
