@@ -111,12 +111,18 @@ def parse_args(argv: Sequence[str] | None):
     return args
 
 
+def data_root(args) -> Path:
+    """Where the synthetic benchmark for the demo's size and frame count lives."""
+    w, h = args.size
+    return Path(args.data_dir) / f"{w}x{h}_n{args.num_train}_s{DATA_SEED}"
+
+
 def ensure_data(args) -> Path:
     """The synthetic benchmark for the demo's size, generated on first use."""
     from dataset.synthetic import generate
 
     w, h = args.size
-    root = Path(args.data_dir) / f"{w}x{h}_n{args.num_train}_s{DATA_SEED}"
+    root = data_root(args)
     stamp = root / "COMPLETE"
     if not stamp.is_file():
         print(f"generating the synthetic benchmark into {root} ({args.num_train} train / {args.num_val} val, "
@@ -288,7 +294,8 @@ def draw_figures(out: Path, results: dict[str, dict]) -> None:
 
 def run_one(args, out: Path) -> dict:
     """The whole demo for one seed (`args.seed`) into `out`; returns the summary written to results.json."""
-    check_output(args.data_dir, "--data-dir", folder=True)
+    if not (data_root(args) / "COMPLETE").is_file():  # a finished benchmark is only read
+        check_output(args.data_dir, "--data-dir", folder=True)
     check_out_folder(args, out)
     w, h = args.size
     quick = " (--quick smoke run)" if args.quick else ""

@@ -122,20 +122,21 @@ def export(net: nn.Module, path: str | Path, *, with_aux: bool = False, opset: i
     axes = {name: {0: "batch", 2: "height", 3: "width"} for name in ["image", *outputs]}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")  # an existing --out stays until the export has worked
+    # an existing --out stays until the export has worked; the partial file goes whatever stops the export
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the legacy exporter announces its deprecation and tracer notes
             torch.onnx.export(wrapper, (sample,), str(partial), opset_version=opset, dynamo=False,
                               input_names=["image"], output_names=outputs, dynamic_axes=axes)
         require("onnx").checker.check_model(str(partial))
+        os.replace(partial, path)
     except ConfigError:
-        partial.unlink(missing_ok=True)
         raise
     except Exception as err:  # the exporter's errors have no common type (RuntimeError, SymbolicValueError, ...)
-        partial.unlink(missing_ok=True)
         raise ConfigError(f"the ONNX export with --opset {opset} failed: {one_line(err)}") from err
-    os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path
 
 

@@ -30,7 +30,7 @@ from scipy import ndimage
 from dataset.labels import IGNORE_LABEL, NUM_CLASSES, PALETTE, TRAIN_ID_TO_LABEL_ID
 from dataset.synth_canvas import EGO
 from dataset.synth_scene import SceneParams, draw_scene
-from utils.cli import ArgumentParser, check_output, positive_int, run_cli, size_arg
+from utils.cli import ArgumentParser, check_output, non_negative_int, positive_int, run_cli, size_arg
 from utils.errors import ConfigError
 
 DEFAULT_NUM_TRAIN = 200
@@ -222,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output folder (gets gta5/, cityscapes/, bdd/)")
     parser.add_argument("--num-train", type=positive_int, default=DEFAULT_NUM_TRAIN,
                         help="training frames per domain (default %(default)s)")
-    parser.add_argument("--num-val", type=positive_int, default=DEFAULT_NUM_VAL,
+    parser.add_argument("--num-val", type=non_negative_int, default=DEFAULT_NUM_VAL,
                         help="validation frames for cityscapes and bdd (default %(default)s)")
     parser.add_argument("--size", type=size_arg, default=DEFAULT_SIZE,
                         help="Cityscapes frame size W,H; GTA5 and BDD use W with their own aspect "

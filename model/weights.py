@@ -230,6 +230,10 @@ def build_from_checkpoint(path: str | os.PathLike, map_location: str | torch.dev
     for key, value in given.items():
         if value is not None and key in meta and meta[key] != value:
             raise CheckpointError(f"{source} holds {key} {meta[key]!r}, not the requested {value!r}")
+    if form == "drn-backbone":
+        raise CheckpointError(f"{source} holds a DRN backbone without the segmentation heads (an ImageNet "
+                              "checkpoint): start a training run from it (--pretrained, --restore-from), it is "
+                              "not a trained segmentation net")
     arch = meta.get("arch", arch) or infer_arch(state)
     if arch is None:
         raise CheckpointError(f"{source} ({form}): its backbone's keys and shapes match none of the DRN "

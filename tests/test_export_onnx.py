@@ -89,3 +89,16 @@ def test_a_missing_compare_checkpoint_is_named_before_anything_is_written(tmp_pa
         export_onnx.main(["--arch", "drn_d_22", "--out", str(out), "--compare", str(tmp_path / "nope.pth"),
                           "--no-check", "--no-latency"])
     assert not out.exists()
+
+
+def test_an_interrupted_export_leaves_no_partial_file(tmp_path, monkeypatch):
+    pytest.importorskip("onnx", reason="onnx is not installed (optional: pip install onnx)")
+
+    def interrupted(model, args, f, **kwargs):
+        Path(f).write_bytes(b"half an export")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch.onnx, "export", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_onnx.export(build_seg_model("drn_d_22").eval(), tmp_path / "net.onnx")
+    assert list(tmp_path.iterdir()) == []

@@ -194,3 +194,10 @@ def test_non_weights_file_is_a_checkpoint_error(tmp_path):
     torch.save([1, 2, 3], path)
     with pytest.raises(CheckpointError, match="not a dict"):
         read_checkpoint(str(path))
+
+
+def test_a_backbone_alone_is_not_a_segmentation_net(tmp_path):
+    path = tmp_path / "drn_d_38-imagenet.pth"
+    torch.save(build_drn("drn_d_38", num_classes=1000).state_dict(), path)
+    with pytest.raises(CheckpointError, match="without the segmentation heads"):
+        build_from_checkpoint(str(path))
