@@ -99,6 +99,7 @@ class Scene:
 
     # -- background -----------------------------------------------------------------------------
     def background(self) -> None:
+        """The sky gradient, the terrain below the horizon and the far skyline."""
         c, rng = self.c, self.rng
         t = np.clip(c.ys / max(self.hy, 1.0), 0, 1)[..., None]
         sky = (1 - t) * np.array(SKY_TOP, np.float32) + t * np.array(SKY_LOW, np.float32)
@@ -115,6 +116,7 @@ class Scene:
         c.region(far & trees, VEGETATION, jitter(rng, VEGETATION_RGB), 0.35 * c.mid + 0.2 * c.fine)
 
     def road(self) -> None:
+        """The road in perspective with its lane marks, verges and sidewalks."""
         c, rng = self.c, self.rng
         s = np.maximum(self.s(c.ys), 0)
         dx = c.xs - self.vx
@@ -209,6 +211,7 @@ class Scene:
         return self.vx + u * self.rw * self.s(y)
 
     def car(self, y: float) -> None:
+        """A car standing on ground row `y`."""
         m, c = self.meter(y), self.c
         x = self._lane_x(y, 0.0, 0.95)
         body = pick(self.rng, VEHICLE_RGBS)
@@ -230,6 +233,7 @@ class Scene:
             c.rect(lx - 0.1 * m, y - 0.85 * m, lx + 0.1 * m, y - 0.7 * m, CAR, (0.8, 0.1, 0.1), 0.0)
 
     def truck(self, y: float) -> None:
+        """A truck standing on ground row `y`."""
         m, c = self.meter(y), self.c
         x = self._lane_x(y, 0.2, 0.8)
         half = 1.2 * m
@@ -240,6 +244,7 @@ class Scene:
             c.rect(wx - 0.25 * m, y - 0.45 * m, wx + 0.25 * m, y, TRUCK, DARK, 0.0)
 
     def bus(self, y: float) -> None:
+        """A bus standing on ground row `y`."""
         m, c = self.meter(y), self.c
         x = self._lane_x(y, 0.2, 0.8)
         colour = pick(self.rng, ((0.85, 0.75, 0.1), (0.8, 0.15, 0.1), (0.9, 0.9, 0.9), (0.2, 0.4, 0.7)))
@@ -267,6 +272,7 @@ class Scene:
                   pick(rng, SKIN_RGBS), 0.0)
 
     def person(self, y: float) -> None:
+        """A pedestrian standing on ground row `y`."""
         m = self.meter(y)
         side = self.rng.integers(2)
         if self.rng.random() < 0.15:
@@ -277,6 +283,7 @@ class Scene:
         self._body(x, y, m, PERSON)
 
     def rider(self, y: float) -> None:
+        """A rider on a bicycle or motorcycle on ground row `y`."""
         m, c, rng = self.meter(y), self.c, self.rng
         x = self._lane_x(y, 0.55, 1.0)
         motor = rng.random() < 0.35
