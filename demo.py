@@ -179,13 +179,14 @@ def check_out_folder(args, out: Path) -> None:
     stamp = out / "settings.json"
     try:
         out.mkdir(parents=True, exist_ok=True)
-        only_settings = stamp.is_file() and [p.name for p in out.iterdir()] == [stamp.name]
-        if stamp.is_file() and not only_settings:  # a run that never trained a stage holds nothing to keep
+        if [p.name for p in out.iterdir()] == [stamp.name]:
+            stamp.unlink()  # a run that never started a stage holds nothing to keep: new settings may take over
+        if stamp.is_file():
             if json.loads(stamp.read_text()) != settings:
                 raise ConfigError(f"--out {out}: holds a demo run with other settings ({stamp}); "
                                   "choose another --out or delete that folder")
             return
-        if any(out.iterdir()) and not only_settings:
+        if any(out.iterdir()):
             raise ConfigError(f"--out {out}: the folder is not empty and holds no demo run; choose another --out")
         stamp.write_text(json.dumps(settings, indent=2) + "\n")
     except OSError as err:

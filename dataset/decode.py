@@ -31,7 +31,11 @@ def _decode(path: Path, data: torch.Tensor, mode: ImageReadMode, what: str) -> t
     try:
         return decode_image(data, mode=mode)
     except (RuntimeError, ValueError, OSError) as err:
-        raise DatasetError(f"cannot read {what} {path}: corrupt or unsupported file ({_first_line(err)})") from err
+        raise _unsupported(what, path, err) from err
+
+
+def _unsupported(what: str, path: Path, err: BaseException) -> DatasetError:
+    return DatasetError(f"cannot read {what} {path}: corrupt or unsupported file ({_first_line(err)})")
 
 
 def _first_line(err: BaseException) -> str:
@@ -86,4 +90,4 @@ def _palette_indices(path: Path) -> torch.Tensor:
         with Image.open(path) as image:
             return torch.from_numpy(np.array(image, dtype=np.uint8))
     except (OSError, ValueError) as err:
-        raise DatasetError(f"cannot read label {path}: corrupt or unsupported file ({_first_line(err)})") from err
+        raise _unsupported("label", path, err) from err
