@@ -58,46 +58,94 @@ def test_colorize_uses_the_palette_and_blacks_out_ignored():
 
 
 @pytest.mark.parametrize("shape", [(512, 1024), (7, 9), (1, 1), (0, 4), (3, 6)])
-def test_apply_lut_equals_a_plain_lookup_for_every_id_and_shape(shape):
-    from dataset.base import apply_lut
-    from dataset.layouts import CITYSCAPES_LUT
+def test_label_lut_equals_a_plain_lookup_for_every_id_and_shape(shape):
+    from dataset.lut import LabelLUT
 
     rng = np.random.default_rng(0)
     raw = rng.integers(0, 256, size=shape).astype(np.uint8)
-    out = apply_lut(torch.from_numpy(raw), torch.from_numpy(CITYSCAPES_LUT))
+    out = LabelLUT(CITYSCAPES_LUT)(torch.from_numpy(raw))
     assert out.dtype == torch.uint8 and out.shape == shape
     assert np.array_equal(out.numpy(), CITYSCAPES_LUT[raw])
 
 
-def test_apply_lut_accepts_a_strided_view_and_tables_that_differ():
-    from dataset.base import apply_lut
+def test_label_lut_accepts_a_strided_view_and_tables_that_differ():
+    from dataset.lut import LabelLUT
 
     raw = torch.arange(256, dtype=torch.uint8).repeat(4, 1)[:, ::3]
     for table in (np.arange(256, dtype=np.uint8)[::-1].copy(), np.full(256, 7, np.uint8)):
-        out = apply_lut(raw, torch.from_numpy(table))
+        out = LabelLUT(torch.from_numpy(table))(raw)
         assert np.array_equal(out.numpy(), table[raw.numpy()])
 
 
 @pytest.mark.parametrize("shape", [(64, 128), (7, 9), (1, 1)])
-def test_apply_lut_in_place_writes_the_lookup_into_the_raw_map(shape):
-    from dataset.base import apply_lut
-    from dataset.layouts import CITYSCAPES_LUT
+def test_label_lut_in_place_writes_the_lookup_into_the_raw_map(shape):
+    from dataset.lut import LabelLUT
 
     raw = torch.from_numpy(np.random.default_rng(1).integers(0, 256, size=shape).astype(np.uint8))
     expected = CITYSCAPES_LUT[raw.numpy()]
-    out = apply_lut(raw, torch.from_numpy(CITYSCAPES_LUT), inplace=True)
+    out = LabelLUT(CITYSCAPES_LUT)(raw, inplace=True)
     assert np.array_equal(out.numpy(), expected)
     assert out.data_ptr() == raw.data_ptr() and np.array_equal(raw.numpy(), expected)
 
 
-def test_apply_lut_leaves_its_input_alone_unless_asked_and_contiguous():
-    from dataset.base import apply_lut
-    from dataset.layouts import CITYSCAPES_LUT
+def test_label_lut_leaves_its_input_alone_unless_asked_and_contiguous():
+    from dataset.lut import LabelLUT
 
+    lut = LabelLUT(CITYSCAPES_LUT)
     raw = torch.arange(256, dtype=torch.uint8).repeat(3, 1)
     before = raw.clone()
-    apply_lut(raw, torch.from_numpy(CITYSCAPES_LUT))
+    lut(raw)
     strided = raw[:, ::2]
-    out = apply_lut(strided, torch.from_numpy(CITYSCAPES_LUT), inplace=True)  # not contiguous: a new map
+    out = lut(strided, inplace=True)  # not contiguous: a new map
     assert torch.equal(raw, before)
     assert np.array_equal(out.numpy(), CITYSCAPES_LUT[strided.numpy()])
+
+
+def test_label_lut_keeps_its_own_copy_of_the_table():
+    from dataset.lut import LabelLUT
+
+    table = CITYSCAPES_LUT.copy()
+    lut = LabelLUT(table)
+    table[7] = 99
+    assert lut(torch.tensor([[7, 8]], dtype=torch.uint8)).tolist() == [[0, 1]]
+
+
+@pytest.mark.parametrize("table, message", [
+    (np.zeros(255, np.uint8), "256 values"), (np.full(256, 300), "256 values"), (np.full(256, -1), "256 values"),
+    (np.zeros(256, np.float32), "256 values"),
+])
+def test_label_lut_refuses_a_table_that_is_not_256_bytes(table, message):
+    from dataset.lut import LabelLUT
+
+    with pytest.raises(ValueError, match=message):
+        LabelLUT(table)
+
+
+def test_label_lut_refuses_labels_that_are_not_uint8():
+    from dataset.lut import LabelLUT
+
+    with pytest.raises(TypeError, match="uint8, got torch.int64"):
+        LabelLUT(CITYSCAPES_LUT)(torch.zeros(2, 2, dtype=torch.long))
+
+
+def test_checked_table_sends_only_undefined_values_to_unknown_and_the_scan_finds_them():
+    from dataset.lut import UNKNOWN_ID, LabelLUT, has_unknown
+
+    lut = LabelLUT.checked(CITYSCAPES_LUT, max_id=33)
+    values = torch.arange(256, dtype=torch.uint8)
+    out = lut(values).numpy()
+    assert np.array_equal(out[:34], CITYSCAPES_LUT[:34]) and out[255] == IGNORE_LABEL
+    assert (out[34:255] == UNKNOWN_ID).all()
+    assert not has_unknown(lut(values[:34].reshape(2, 17))) and not has_unknown(lut(values[255:]))
+    assert has_unknown(lut(torch.tensor([[7, 7], [34, 7]], dtype=torch.uint8)))
+    bdd = LabelLUT.checked(BDD_LUT, max_id=18)
+    assert bdd(torch.tensor([0, 18, 19, 254, 255], dtype=torch.uint8)).tolist() == [0, 18, UNKNOWN_ID, UNKNOWN_ID, 255]
+
+
+def test_a_checked_table_cannot_map_a_defined_value_to_unknown():
+    from dataset.lut import UNKNOWN_ID, LabelLUT
+
+    table = CITYSCAPES_LUT.copy()
+    table[7] = UNKNOWN_ID
+    with pytest.raises(ValueError, match="cannot map a known value to 254"):
+        LabelLUT.checked(table, max_id=33)

@@ -1,8 +1,10 @@
 """Loading GTA5, Cityscapes and BDD layouts: shapes, ranges, lists, and the promised errors."""
 from __future__ import annotations
 
+import re
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -142,6 +144,24 @@ def test_image_and_label_of_different_sizes_are_reported(copy):
     Image.new("L", (10, 10)).save(ds.label_path(0))
     with pytest.raises(DatasetError, match=r"image .*\.jpg is 64x36 but its label .*_train_id\.png is 10x10"):
         ds[0]
+
+
+@pytest.mark.parametrize("name, bad, expected", [("gta5", (200, 40), "[40, 200]"), ("bdd", (19, 254), "[19, 254]")])
+def test_label_with_ids_outside_the_table_names_the_file_and_the_ids(copy, name, bad, expected):
+    folder = copy(name)
+    ds = build_dataset(name, folder, SPLITS[name], size=(32, 16))
+    label = np.array(Image.open(ds.label_path(0)))
+    label[0, :3] = bad[0]
+    label[-1, -1] = bad[1]
+    label[1, 0] = 255  # ignore is allowed
+    Image.fromarray(label).save(ds.label_path(0))
+    message = f"{ds.label_path(0).name} holds ids {expected} outside the {name} table"
+    with pytest.raises(DatasetError, match=re.escape(message)):
+        ds[0]
+    Image.fromarray(np.where(label == bad[0], 255, np.where(label == bad[1], 255, label)).astype(np.uint8)) \
+        .save(ds.label_path(0))
+    label = ds.load_raw(0)[1]
+    assert label.max() == 255 and label[label != 255].max() < 19  # loads once the foreign ids are gone
 
 
 def test_unknown_dataset_name_lists_the_known_ones(root):
