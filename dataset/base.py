@@ -9,8 +9,9 @@ import torch
 from torch.utils.data import Dataset
 
 from dataset.decode import read_image, read_label
+from dataset.labels import IGNORE_LABEL
 from dataset.layouts import Layout
-from dataset.lut import LabelLUT, has_unknown
+from dataset.lut import LabelLUT, undefined_ids
 from dataset.transforms import EvalTransform
 from utils.errors import DatasetError
 
@@ -69,8 +70,9 @@ class SegmentationDataset(Dataset):
     Items are dicts {"image": float32 (3,H,W), "label": int64 (H,W) (when labels=True),
     "name": root-relative image path}. With `max_iters` the list is repeated ceil(max_iters / n)
     times, so that one pass covers at least `max_iters` items (the old code's iteration sampling).
-    `label_lut` maps label values to train ids, and a value the layout does not define to `UNKNOWN_ID`
-    (the loader refuses such a label).
+    `label_lut` maps the label values of the layout to train ids. It runs after the resize and crop, on
+    the pixels the item keeps: nearest resizing, cropping and mirroring only pick pixels, and the
+    padding value 255 maps to itself, so this equals mapping the whole file first, with less work.
     """
 
     def __init__(self, layout: Layout, root: str | Path, split: str, transform: EvalTransform, *,
@@ -83,7 +85,9 @@ class SegmentationDataset(Dataset):
         self.labels = labels
         self._rng: torch.Generator | None = None
         self._rng_seed: int | None = None
-        self.label_lut = LabelLUT.checked(layout.lut, layout.max_id)
+        self.label_lut = LabelLUT(layout.lut)
+        if self.label_lut.table[IGNORE_LABEL] != IGNORE_LABEL:  # padding must map to itself
+            raise ValueError(f"the {layout.name} table must map {IGNORE_LABEL} to itself")
         self.files = self._find_files(list_path)
         self._check_exist()
         self.num_unique = len(self.files)
@@ -136,7 +140,8 @@ class SegmentationDataset(Dataset):
         return self._rng
 
     def load_raw(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """uint8 image (3,H,W) and uint8 train-id label (H,W) (None if labels=False) as on disk."""
+        """uint8 image (3,H,W) and uint8 label (H,W) of item `index` as on disk (label ids, not yet train
+        ids; None if labels=False); a label holding an id the layout does not define is refused."""
         image_path = self.image_path(index)
         image = read_image(image_path)
         if not self.labels:
@@ -146,15 +151,12 @@ class SegmentationDataset(Dataset):
         if tuple(raw.shape) != tuple(image.shape[-2:]):
             raise DatasetError(f"image {image_path} is {image.shape[-1]}x{image.shape[-2]} but its label "
                                f"{label_path} is {raw.shape[-1]}x{raw.shape[-2]} (W x H)")
-        label = self.label_lut(raw, inplace=True)
-        if has_unknown(label):
-            # a foreign id usually means the wrong kind of label file (colour or instance PNG); the map
-            # was looked up in place, so its values are read again for the message
-            raw = read_label(label_path)
-            values = sorted(int(v) for v in raw[(raw > self.layout.max_id) & (raw != 255)].unique()[:5])
-            raise DatasetError(f"label {label_path} holds ids {values} outside the {self.layout.name} table "
+        undefined = undefined_ids(raw, self.layout.max_id)
+        if undefined:
+            # a foreign id usually means the wrong kind of label file (colour or instance PNG)
+            raise DatasetError(f"label {label_path} holds ids {undefined} outside the {self.layout.name} table "
                                f"(expected 0..{self.layout.max_id} or 255)")
-        return image, label
+        return image, raw
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         # `key` is an index, or (index, sample_seed) from StreamSampler(with_seeds=True): then the
@@ -164,9 +166,9 @@ class SegmentationDataset(Dataset):
             generator = torch.Generator().manual_seed(int(sample_seed))
         else:
             index, generator = key, self._generator()
-        image, label = self.load_raw(index)
-        image, label = self.transform(image, label, generator=generator)
+        image, raw = self.load_raw(index)
+        image, label = self.transform(image, raw, generator=generator)
         item = {"image": image, "name": self.files[index]}
         if label is not None:
-            item["label"] = label
+            item["label"] = self.label_lut(label, inplace=True).long()
         return item

@@ -1,4 +1,4 @@
-"""Loader throughput: images/s per worker for each layout, and LUT vs per-id label remapping.
+"""Loader throughput: images/s per worker for each layout, and our label work vs the old per-id remap.
 
     python -m dataset.benchmark_loader --root DIR [--size 128,64] [--num 200] [--workers 1]
 
@@ -18,6 +18,8 @@ from torch.utils.data import DataLoader
 from dataset import build_dataset
 from dataset.decode import read_label
 from dataset.layouts import LAYOUTS
+from dataset.lut import undefined_ids
+from dataset.transforms import resize_label
 from utils.cli import ArgumentParser, non_negative_int, positive_int, run_cli, size_arg
 from utils.errors import DatasetError
 from utils.oldway import id_table, old_remap
@@ -39,24 +41,42 @@ def loader_throughput(dataset, num: int, workers: int, batch_size: int = 1) -> f
     return seen / seconds if seconds > 0 else float("nan")
 
 
-def remap_seconds(dataset, num: int, remap: Callable[[torch.Tensor], object]) -> float:
-    """Seconds spent in `remap(raw)` over the first `num` labels, each timed right after its decoding
-    (as in the loader, where the remap follows the decoder and finds the label in cache)."""
+def label_work_seconds(dataset, num: int, work: Callable[[torch.Tensor, torch.Tensor], object],
+                       size: tuple[int, int] | None = None) -> float:
+    """Seconds spent in `work(raw, resized)` over the first `num` labels, each timed right after its
+    decoding (as in the loader, where the label is still in cache): `raw` as decoded, `resized` the same
+    label resized to `size` (W, H) for an item (untimed), or `raw` itself without `size`."""
     total = 0.0
     for i in range(min(num, len(dataset))):
         raw = read_label(dataset.label_path(i))
+        resized = raw if size is None else resize_label(raw, (size[1], size[0])).contiguous()
         start = time.perf_counter()
-        remap(raw)
+        work(raw, resized)
         total += time.perf_counter() - start
     return total
 
 
-def remap_speed(dataset, num: int) -> tuple[float, float]:
-    """Labels/s of the loader's in-place LUT lookup and of the old code's one-pass-per-id remapping."""
+def our_label_work(dataset) -> Callable[[torch.Tensor, torch.Tensor], object]:
+    """What our loader does to a label besides decoding and resizing: check the file's ids, then look up
+    the train ids of the pixels the item keeps."""
+    def work(raw: torch.Tensor, resized: torch.Tensor) -> torch.Tensor:
+        undefined_ids(raw, dataset.layout.max_id)
+        return dataset.label_lut(resized, inplace=True)
+    return work
+
+
+def old_label_work(dataset) -> Callable[[torch.Tensor, torch.Tensor], object]:
+    """What the old loaders did to a label besides decoding and resizing: one pass per id over the
+    resized label (they resized first), on float32 copies."""
     ids = id_table(dataset.layout.lut)
+    return lambda raw, resized: old_remap(resized.numpy(), ids)
+
+
+def remap_speed(dataset, num: int, size: tuple[int, int]) -> tuple[float, float]:
+    """Labels/s of our label work and of the old code's, as their loaders do it for items of `size`."""
     count = min(num, len(dataset))
-    ours = remap_seconds(dataset, num, lambda raw: dataset.label_lut(raw, inplace=True))
-    old = remap_seconds(dataset, num, lambda raw: old_remap(raw.numpy(), ids))
+    ours = label_work_seconds(dataset, num, our_label_work(dataset), size)
+    old = label_work_seconds(dataset, num, old_label_work(dataset), size)
     return count / max(ours, 1e-9), count / max(old, 1e-9)
 
 
@@ -84,9 +104,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name, root in roots.items():
         dataset = build_dataset(name, root, SPLITS[name], size=args.size, random_mirror=True, random_scale=True)
         rate = loader_throughput(dataset, args.num, args.workers)
-        lut_rate, loop_rate = remap_speed(dataset, args.num)
+        ours, old = remap_speed(dataset, args.num, args.size)
         print(f"{name:10s} {rate:8.1f} images/s ({rate / per:.1f} per worker); label remap: "
-              f"LUT {lut_rate:.0f} labels/s, per-id loop {loop_rate:.0f} labels/s")
+              f"ours (id check + LUT) {ours:.0f} labels/s, old per-id loop {old:.0f} labels/s")
 
 
 if __name__ == "__main__":

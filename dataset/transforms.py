@@ -1,8 +1,9 @@
 """Joint image/label transforms on uint8 tensors (torchvision v2), the one normalisation, presets.
 
-Images arrive as uint8 (3, H, W) RGB tensors and labels as uint8 (H, W) train-id tensors. Resizing
-is bicubic with antialiasing for images and nearest for labels; the image is normalised exactly once,
-by `NORMALIZE` (RGB in [0, 1], then ImageNet mean/std, as the DRN ImageNet weights expect).
+Images arrive as uint8 (3, H, W) RGB tensors and labels as uint8 (H, W) tensors, of label ids or train
+ids alike: a label is only resized (nearest), cropped, mirrored and padded with 255, and comes back in
+its own dtype. Images are resized bicubic with antialiasing and normalised exactly once, by `NORMALIZE`
+(RGB in [0, 1], then ImageNet mean/std, as the DRN ImageNet weights expect).
 """
 from __future__ import annotations
 
@@ -44,11 +45,14 @@ def resize_pair(image: torch.Tensor, label: torch.Tensor | None, hw: tuple[int, 
     """Resize image (bicubic, antialiased) and label (nearest, pixel-centre exact) to (H, W)."""
     out_h, out_w = hw
     image = F.resize(image, [out_h, out_w], interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
-    if label is not None:
-        # NEAREST_EXACT samples at pixel centres like the bicubic image resize; plain NEAREST
-        # (floor of the scaled index) shifts labels by up to a pixel against the image
-        label = F.resize(label[None], [out_h, out_w], interpolation=v2.InterpolationMode.NEAREST_EXACT)[0]
-    return image, label
+    return image, None if label is None else resize_label(label, hw)
+
+
+def resize_label(label: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """Resize an (H, W) label map to `hw` (nearest, pixel-centre exact), keeping dtype and values."""
+    # NEAREST_EXACT samples at pixel centres like the bicubic image resize; plain NEAREST (floor of
+    # the scaled index) shifts labels by up to a pixel against the image
+    return F.resize(label[None], list(hw), interpolation=v2.InterpolationMode.NEAREST_EXACT)[0]
 
 
 class EvalTransform:
@@ -63,13 +67,13 @@ class EvalTransform:
 
     def __call__(self, image: torch.Tensor, label: torch.Tensor | None = None,
                  generator: torch.Generator | None = None):
-        """Return (float32 normalised image, int64 label or None)."""
+        """Return (float32 normalised image, label or None); the label keeps its dtype and values."""
         w, h = self.size
         keep_full = self.label_size == "full"
         image, small = resize_pair(image, None if keep_full else label, (h, w))
         if not keep_full:
             label = small
-        return to_normalized(image), None if label is None else label.long()
+        return to_normalized(image), label
 
 
 class TrainTransform(EvalTransform):
@@ -92,7 +96,8 @@ class TrainTransform(EvalTransform):
 
     def __call__(self, image: torch.Tensor, label: torch.Tensor | None = None,
                  generator: torch.Generator | None = None):
-        """Return (float32 normalised image, int64 label or None); randomness from `generator`."""
+        """Return (float32 normalised image, label or None; the label keeps its dtype and values);
+        randomness from `generator`."""
         if not self.random_scale:
             image, label = super().__call__(image, label)
         else:
@@ -110,7 +115,6 @@ class TrainTransform(EvalTransform):
         sh, sw = max(1, round(h * s)), max(1, round(w * s))
         image, label = resize_pair(image, label, (sh, sw))
         image = to_normalized(image)
-        label = None if label is None else label.long()
         pad_h, pad_w = max(0, h - sh), max(0, w - sw)
         if pad_h or pad_w:
             # pad right/bottom: mean colour (0 after normalisation) and the ignore label
@@ -138,5 +142,5 @@ def eval_preset(size: tuple[int, int], *, label_size: str = "input") -> EvalTran
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "NORMALIZE", "SCALE_RANGE", "EvalTransform", "TrainTransform",
-    "denormalize", "eval_preset", "resize_pair", "to_normalized", "train_preset",
+    "denormalize", "eval_preset", "resize_label", "resize_pair", "to_normalized", "train_preset",
 ]

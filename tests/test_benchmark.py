@@ -11,9 +11,10 @@ ROWS = [
     "distill step (ours, bf16 autocast)", "distill step speed-up (bf16 autocast)",
     "distill step (ours, channels_last)",
     *[f"{kind} {name}" for name in ("gta5", "cityscapes", "bdd") for kind in ("loader", "label remap")],
-    *[f"label remap {name} {what}" for name in ("gta5", "cityscapes", "bdd")
-      for what in ("(LUT)", "(LUT + unknown-id scan, as the loader)", "(old per-id)", "speed-up",
-                   "speed-up with the scan")],
+    *[f"label {kind} {name} {what}" for name in ("gta5", "cityscapes", "bdd")
+      for kind, whats in (("remap", ("(LUT)", "(old per-id)", "speed-up")),
+                          ("work per item", ("(ours)", "(old way)", "speed-up")))
+      for what in whats],
     "eval pipeline (ours)", "eval pipeline (old way)", "eval pipeline speed-up",
     "eval pipeline (ours) (bf16 autocast)", "eval pipeline speed-up (bf16 autocast)",
     "eval pipeline (ours) (bf16 autocast, channels_last)", "eval pipeline speed-up (bf16 autocast, channels_last)",

@@ -128,24 +128,16 @@ def test_label_lut_refuses_labels_that_are_not_uint8():
         LabelLUT(CITYSCAPES_LUT)(torch.zeros(2, 2, dtype=torch.long))
 
 
-def test_checked_table_sends_only_undefined_values_to_unknown_and_the_scan_finds_them():
-    from dataset.lut import UNKNOWN_ID, LabelLUT, has_unknown
+@pytest.mark.parametrize("max_id", [33, 18])
+def test_undefined_ids_are_the_values_outside_the_table_and_ignore(max_id):
+    from dataset.lut import undefined_ids
 
-    lut = LabelLUT.checked(CITYSCAPES_LUT, max_id=33)
-    values = torch.arange(256, dtype=torch.uint8)
-    out = lut(values).numpy()
-    assert np.array_equal(out[:34], CITYSCAPES_LUT[:34]) and out[255] == IGNORE_LABEL
-    assert (out[34:255] == UNKNOWN_ID).all()
-    assert not has_unknown(lut(values[:34].reshape(2, 17))) and not has_unknown(lut(values[255:]))
-    assert has_unknown(lut(torch.tensor([[7, 7], [34, 7]], dtype=torch.uint8)))
-    bdd = LabelLUT.checked(BDD_LUT, max_id=18)
-    assert bdd(torch.tensor([0, 18, 19, 254, 255], dtype=torch.uint8)).tolist() == [0, 18, UNKNOWN_ID, UNKNOWN_ID, 255]
-
-
-def test_a_checked_table_cannot_map_a_defined_value_to_unknown():
-    from dataset.lut import UNKNOWN_ID, LabelLUT
-
-    table = CITYSCAPES_LUT.copy()
-    table[7] = UNKNOWN_ID
-    with pytest.raises(ValueError, match="cannot map a known value to 254"):
-        LabelLUT.checked(table, max_id=33)
+    defined = torch.tensor([*range(max_id + 1), 255], dtype=torch.uint8)
+    assert undefined_ids(defined.reshape(1, -1), max_id) == []
+    assert undefined_ids(torch.zeros(0, 4, dtype=torch.uint8), max_id) == []
+    for value in range(max_id + 1, 255):
+        label = torch.full((3, 5), 7, dtype=torch.uint8)
+        label[2, 4] = value
+        assert undefined_ids(label, max_id) == [value]
+    many = torch.tensor([[254, 200, 40, 40, 100, 60, 34, 255, 7]], dtype=torch.uint8)
+    assert undefined_ids(many, 33) == [34, 40, 60, 100, 200]  # the first five, sorted

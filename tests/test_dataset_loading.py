@@ -47,6 +47,23 @@ def test_each_layout_loads_normalised_images_and_train_id_labels(root, name):
     assert item["name"] == ds.files[0] and ds.image_path(0).is_file() and ds.label_path(0).is_file()
 
 
+@pytest.mark.parametrize("name", DATASETS)
+@pytest.mark.parametrize("scale_range", [(0.5, 0.7), (1.1, 1.5)], ids=["padded", "cropped"])
+def test_mapping_the_kept_pixels_equals_mapping_the_whole_file_first(root, name, scale_range):
+    ds = build_dataset(name, root / name, SPLITS[name], size=(48, 24), random_mirror=True, random_scale=True)
+    ds.transform.scale_range = scale_range
+    for i in range(len(ds)):
+        for seed in range(4):
+            item = ds[(i, seed)]
+            image, raw = ds.load_raw(i)
+            expected_image, expected = ds.transform(image, ds.label_lut(raw),
+                                                    generator=torch.Generator().manual_seed(seed))
+            assert torch.equal(item["image"], expected_image)
+            assert item["label"].dtype == torch.int64 and torch.equal(item["label"], expected.long())
+    if scale_range[1] < 1:
+        assert (item["label"][-1] == 255).all()  # the padded bottom row is ignored
+
+
 def test_full_label_size_keeps_the_file_resolution(root):
     ds = build_dataset("cityscapes", root / "cityscapes", "val", size=(32, 16), label_size="full")
     item = ds[0]
@@ -149,7 +166,7 @@ def test_image_and_label_of_different_sizes_are_reported(copy):
 @pytest.mark.parametrize("name, bad, expected", [("gta5", (200, 40), "[40, 200]"), ("bdd", (19, 254), "[19, 254]")])
 def test_label_with_ids_outside_the_table_names_the_file_and_the_ids(copy, name, bad, expected):
     folder = copy(name)
-    ds = build_dataset(name, folder, SPLITS[name], size=(32, 16))
+    ds = build_dataset(name, folder, SPLITS[name], size=(32, 16), label_size="full")
     label = np.array(Image.open(ds.label_path(0)))
     label[0, :3] = bad[0]
     label[-1, -1] = bad[1]
@@ -160,8 +177,8 @@ def test_label_with_ids_outside_the_table_names_the_file_and_the_ids(copy, name,
         ds[0]
     Image.fromarray(np.where(label == bad[0], 255, np.where(label == bad[1], 255, label)).astype(np.uint8)) \
         .save(ds.label_path(0))
-    label = ds.load_raw(0)[1]
-    assert label.max() == 255 and label[label != 255].max() < 19  # loads once the foreign ids are gone
+    label = ds[0]["label"]  # loads once the foreign ids are gone
+    assert label[1, 0] == 255 and label[label != 255].max() < 19
 
 
 def test_unknown_dataset_name_lists_the_known_ones(root):
