@@ -45,8 +45,8 @@ class LabelLUT:
     def __call__(self, raw: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
         """The uint8 train-id map of the uint8 label map `raw`, same shape and device.
 
-        With `inplace`, a contiguous CPU `raw` receives the result itself (the loader's freshly decoded
-        label: no second buffer to allocate and fill); otherwise `raw` is left as it is.
+        With `inplace`, a contiguous CPU `raw` receives the result itself (the loader's own resized label:
+        no second buffer to allocate and fill); otherwise `raw` is left as it is.
         """
         if raw.dtype != torch.uint8:
             raise TypeError(f"label maps to look up are uint8, got {raw.dtype}")
@@ -69,4 +69,3 @@ class LabelLUT:
         if even < flat.size:
             out[-1] = self.table[flat[-1]]
         return out.reshape(raw.shape)
-

@@ -64,6 +64,7 @@ def test_scale_down_pads_the_label_with_ignore_and_image_with_mean(marker_root):
     label = torch.zeros(40, 80, dtype=torch.uint8)
     out_image, out_label = t(image, label, generator=torch.Generator().manual_seed(0))
     assert out_image.shape == (3, 32, 64) and out_label.shape == (32, 64)
+    assert out_label.dtype == torch.uint8  # labels keep their dtype: the dataset maps ids after this
     assert (out_label == 255).sum() == 32 * 64 - 16 * 32
     assert (out_image[:, out_label == 255] == 0).all()
 
