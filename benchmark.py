@@ -7,11 +7,11 @@ ratio of the medians and, as its min, the most pessimistic ratio (the old way's 
 worst). Rows:
 training steps (adaptation, distillation) ours vs the old way (the defect reproductions of
 utils/oldway.py: teacher in train mode, pseudo labels through NumPy, element-mean KL on log-prob
-targets), data-loader throughput per layout, label remapping LUT vs one pass per id, the evaluation
-pipeline ours vs the old two-pass NumPy one, teacher vs student inference (latency, parameters,
-GFLOPs, peak memory) and fp32 vs bf16 autocast (fp16 too on CUDA). Data: the synthetic benchmark,
-generated into a temporary folder (frames at twice --size, like Cityscapes' 2048x1024 for a 1024x512
-input) unless --data-dir points at one.
+targets), data-loader throughput per layout, label remapping LUT vs one pass per id (on the whole
+file, and as each loader does it per item), the evaluation pipeline ours vs the old two-pass NumPy one,
+teacher vs student inference (latency, parameters, GFLOPs, peak memory) and fp32 vs bf16 autocast
+(fp16 too on CUDA). Data: the synthetic benchmark, generated into a temporary folder (frames at twice
+--size, like Cityscapes' 2048x1024 for a 1024x512 input) unless --data-dir points at one.
 """
 from __future__ import annotations
 

@@ -175,8 +175,8 @@ def test_label_with_ids_outside_the_table_names_the_file_and_the_ids(copy, name,
     message = f"{ds.label_path(0).name} holds ids {expected} outside the {name} table"
     with pytest.raises(DatasetError, match=re.escape(message)):
         ds[0]
-    Image.fromarray(np.where(label == bad[0], 255, np.where(label == bad[1], 255, label)).astype(np.uint8)) \
-        .save(ds.label_path(0))
+    label[np.isin(label, bad)] = 255
+    Image.fromarray(label).save(ds.label_path(0))
     label = ds[0]["label"]  # loads once the foreign ids are gone
     assert label[1, 0] == 255 and label[label != 255].max() < 19
 
