@@ -6,7 +6,7 @@ Every figure is min / median over `--repeats` timed runs (after one warm-up); a 
 ratio of the medians and, as its min, the most pessimistic ratio (the old way's best run against our
 worst). Rows:
 training steps (adaptation, distillation) ours vs the old way (the defect reproductions of
-utils/oldway.py: teacher in train mode, pseudo labels through NumPy, element-mean KL on log-prob
+bench/oldway.py: teacher in train mode, pseudo labels through NumPy, element-mean KL on log-prob
 targets), data-loader throughput per layout, label remapping LUT vs one pass per id (on the whole
 file, and as each loader does it per item), the evaluation pipeline ours vs the old two-pass NumPy one,
 teacher vs student inference (latency, parameters, GFLOPs, peak memory) and fp32 vs bf16 autocast
@@ -31,15 +31,18 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.loader import label_work_seconds, loader_throughput, old_label_work, our_label_work
+from bench.oldway import OldWayStep, id_table, old_eval_pipeline, old_remap, old_way_objective
 from dataset import build_dataset
-from dataset.benchmark_loader import label_work_seconds, loader_throughput, old_label_work, our_label_work
 from dataset.decode import read_label
 from model import Discriminator, build_seg_model, count_parameters, fold_batchnorm
 from utils.cli import ArgumentParser, non_negative_int, positive_int, run_cli, size_arg
+from utils.config import TrainConfig
+from utils.engine import make_optimizers
 from utils.evaluate import eval_collate, evaluate
-from utils.oldway import OldWayStep, id_table, old_eval_pipeline, old_remap
+from utils.objective import ADAPTATION, PARADIGMS, build_objective, knob_values
 from utils.runtime import autocast, resolve_device
-from utils.steps import LossWeights, TrainStep
+from utils.steps import TrainStep
 
 SIZE = (512, 256)            # (w, h) of training and evaluation inputs
 BATCH_SIZE = 2
@@ -127,10 +130,12 @@ def make_step(cls, device, distill: bool, amp: str = "off", channels_last: bool 
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
         teacher = teacher.to(memory_format=torch.channels_last) if teacher is not None else None
-    opt = torch.optim.SGD(net.parameters(), lr=2.5e-4, momentum=0.9, weight_decay=5e-4)
-    d_opts = tuple(torch.optim.Adam(d.parameters(), lr=1e-4, betas=(0.9, 0.99)) for d in discs)
-    weights = LossWeights(distill_source=distill, distill_target=distill)
-    return cls(net, discs, opt, d_opts, weights, device, amp=amp, teacher=teacher, channels_last=channels_last)
+    cfg = TrainConfig()  # the scripts' optimiser settings and loss weights
+    opt, d_opts = make_optimizers(cfg, net, discs)
+    spec = PARADIGMS["both"][0] if distill else ADAPTATION[0]
+    build = old_way_objective if cls is OldWayStep else build_objective
+    objective = build(spec, knob_values(cfg))
+    return cls(net, discs, opt, d_opts, objective, device, amp=amp, teacher=teacher, channels_last=channels_last)
 
 
 def step_times(step, sources, targets, repeats: int, warmup: int = 1) -> list[float]:

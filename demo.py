@@ -135,7 +135,7 @@ def ensure_data(args) -> Path:
 def stages(args) -> list[Stage]:
     """The four rows, in training order (the teacher before the DAKD student)."""
     s = args.steps
-    no_adv = ("--lambda-adv-target1", "0", "--lambda-adv-target2", "0")
+    no_adv = ("--lambda-adv-aux", "0", "--lambda-adv-main", "0")
     if args.paradigm == "sequential":
         first = s // 2
         dakd = ("--paradigm", "sequential", "--num-steps", str(first), "--num-steps-target", str(s - first))

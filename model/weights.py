@@ -26,11 +26,10 @@ from torch import Tensor, nn
 
 from model.drn import ARCHS, build_drn
 from model.seg_net import SegNet
-from utils.checkpoint import atomic_save
+from utils.checkpoint import TRAIN_FORMAT, atomic_save
 from utils.errors import CheckpointError
 
 FINAL_FORMAT = "dakd-final"
-TRAIN_FORMAT = "dakd-train"
 _NET_META = ("arch", "aux_layer", "num_classes")
 # Keys some checkpoints carry that no net of ours uses: the old code's transposed-conv upsamplers
 # and the ImageNet classifier of the backbone.

@@ -187,7 +187,7 @@ def test_unknown_dataset_name_lists_the_known_ones(root):
 
 
 def test_benchmark_loader_prints_a_line_per_layout(synthetic_root, capsys):
-    from dataset.benchmark_loader import main
+    from bench.loader import main
 
     main(["--root", str(synthetic_root), "--size", "32,16", "--num", "4", "--workers", "0"])
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "label remap" in ln]

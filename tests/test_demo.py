@@ -36,8 +36,8 @@ def test_quick_demo_writes_results_for_every_model_through_the_training_scripts(
         assert cfg["arch"] == script.ARCH and cfg["aux_layer"] == script.AUX_LAYER
         assert cfg["lambda_seg"] == script.LAMBDA_SEG
         assert cfg["pretrained"] == "none" and cfg["zero_init_residual"] is True  # the demo's from-scratch recipe
-    assert config("source_only")["lambda_adv_target1"] == 0 and config("source_only")["lambda_adv_target2"] == 0
-    assert config("student")["lambda_adv_target2"] == student_script.LAMBDA_ADV_TARGET2
+    assert config("source_only")["lambda_adv_aux"] == 0 and config("source_only")["lambda_adv_main"] == 0
+    assert config("student")["lambda_adv_main"] == student_script.LAMBDA_ADV_MAIN
     dakd = config("dakd")
     assert dakd["lambda_kl"] == distill_script.LAMBDA_KL and dakd["paradigm"] == "sequential"
     assert dakd["teacher"] == str(out / "teacher" / "final.pth")
@@ -53,7 +53,7 @@ def test_quick_demo_writes_results_for_every_model_through_the_training_scripts(
     oracle = config("oracle_teacher")
     assert oracle["script"] == "train_gta2cs_multi_drnd38.py" and oracle["source"] == "cityscapes"
     assert oracle["data_dir"] == str(data / "64x32_n16_s0" / "cityscapes") and oracle["source_split"] == "train"
-    assert oracle["lambda_adv_target1"] == 0 and oracle["lambda_adv_target2"] == 0
+    assert oracle["lambda_adv_aux"] == 0 and oracle["lambda_adv_main"] == 0
     assert config("oracle_dakd")["teacher"] == str(out / "oracle_teacher" / "final.pth")
     assert config("oracle_dakd")["data_dir"] == dakd["data_dir"]  # the student still learns from the source
 

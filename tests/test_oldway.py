@@ -5,8 +5,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.oldway import fast_hist, id_table, old_label_mapping, old_remap
 from dataset.layouts import CITYSCAPES_LUT
-from utils.oldway import fast_hist, id_table, old_label_mapping, old_remap
 
 
 def test_old_remaps_agree_with_the_lut():
@@ -59,9 +59,9 @@ class _Oracle(torch.nn.Module):
 def test_old_eval_pipeline_scores_what_our_evaluation_scores(synthetic_root):
     from torch.utils.data import DataLoader
 
+    from bench.oldway import old_eval_pipeline
     from dataset import build_dataset
     from utils.evaluate import eval_collate, evaluate
-    from utils.oldway import old_eval_pipeline
 
     # input at half the label size: both pipelines upsample (ours the logits, the old one log-probabilities)
     ds = build_dataset("cityscapes", synthetic_root / "cityscapes", "val", size=(32, 16), label_size="full")

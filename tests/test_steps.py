@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import torch
@@ -10,7 +9,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from model import Discriminator, build_seg_model
-from utils.steps import LossWeights, TrainStep, poly_lr, step_status
+from utils.config import TrainConfig
+from utils.objective import ADAPTATION, PARADIGMS, build_objective, knob_values
+from utils.steps import TrainStep, poly_lr, step_status
 
 
 def _batch(seed: int, with_label: bool = True) -> dict:
@@ -23,31 +24,38 @@ def _batch(seed: int, with_label: bool = True) -> dict:
     return batch
 
 
-def _step(weights: LossWeights, teacher=None, lr=0.01):
+def _objective(spec=ADAPTATION[0], **knobs):
+    return build_objective(spec, knob_values(TrainConfig(**knobs)))
+
+
+SOURCE_ONLY = {"lambda_adv_aux": 0.0, "lambda_adv_main": 0.0}
+
+
+def _step(objective, teacher=None, lr=0.01):
     torch.manual_seed(0)
     net = build_seg_model("drn_d_22", num_classes=3)
     discs = (Discriminator(3), Discriminator(3))
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     d_opts = tuple(torch.optim.Adam(d.parameters(), lr=1e-4) for d in discs)
-    return net, TrainStep(net, discs, opt, d_opts, weights, torch.device("cpu"), teacher=teacher)
+    return net, TrainStep(net, discs, opt, d_opts, objective, torch.device("cpu"), teacher=teacher)
 
 
 def test_segmentation_loss_falls_on_a_fixed_batch():
-    net, step = _step(LossWeights(lambda_adv=(0.0, 0.0)))
+    net, step = _step(_objective(**SOURCE_ONLY))
     batch = _batch(0)
     first = None
     for _ in range(15):
         losses = step([batch], [])
         step.apply()
-        first = first if first is not None else float(losses["seg_main"])
-    assert float(losses["seg_main"]) < 0.7 * first
+        first = first if first is not None else float(losses["seg_main_src"])
+    assert float(losses["seg_main_src"]) < 0.7 * first
 
 
 def test_gradients_reach_every_student_parameter_and_no_frozen_teacher_parameter():
     torch.manual_seed(1)
     teacher = build_seg_model("drn_d_22", num_classes=3)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    net, step = _step(LossWeights(distill_source=True, distill_target=True), teacher=teacher)
+    net, step = _step(_objective(PARADIGMS["both"][0]), teacher=teacher)
     step([_batch(0)], [_batch(1, with_label=False)])
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
     assert all(p.grad is None for p in teacher.parameters())
@@ -57,7 +65,7 @@ def test_gradients_reach_every_student_parameter_and_no_frozen_teacher_parameter
 
 
 def test_iter_size_accumulates_the_mean_of_the_sub_batches():
-    net, step = _step(LossWeights(lambda_adv=(0.0, 0.0)))
+    net, step = _step(_objective(**SOURCE_ONLY))
     a, b = _batch(0), _batch(1)
     merged = {"image": torch.cat([a["image"], b["image"]]), "label": torch.cat([a["label"], b["label"]])}
     net.eval()  # batch-norm in eval so that batch composition does not change the statistics
@@ -81,8 +89,8 @@ def test_step_status_names_the_bad_term_and_the_signal():
     assert step_status({"seg_main": torch.tensor(float("inf"))}, stop_signal=15) == ("seg_main", 15)
 
 
-def _status_on_rank(rank: int, port: int, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+def _status_on_rank(rank: int, store: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=2)
     try:  # rank 1 alone has a NaN loss, rank 0 alone received SIGTERM
         losses = {"seg_main": torch.tensor(float("nan") if rank == 1 else 0.7), "adv_main": torch.tensor(0.1)}
         status = step_status(losses, stop_signal=15 if rank == 0 else None, distributed=True)
@@ -92,10 +100,8 @@ def _status_on_rank(rank: int, port: int, out: str) -> None:
 
 
 def test_step_status_is_agreed_across_ranks(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_status_on_rank, args=(port, str(tmp_path)), nprocs=2)
+    store = f"file://{tmp_path / 'store'}"  # a file rendezvous: no port to race for
+    mp.spawn(_status_on_rank, args=(store, str(tmp_path)), nprocs=2)
     statuses = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert statuses == [["seg_main", 15], ["seg_main", 15]]
 
@@ -107,7 +113,7 @@ def test_fp16_scaler_steps_only_the_discriminators_in_use():
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     d_opts = tuple(torch.optim.Adam(d.parameters(), lr=1e-4) for d in discs)
     # a single-level run (no aux adversarial term) with a loss scaler, as --amp fp16 builds on CUDA
-    step = TrainStep(net, discs, opt, d_opts, LossWeights(lambda_adv=(0.0, 0.001)), torch.device("cpu"),
+    step = TrainStep(net, discs, opt, d_opts, _objective(lambda_adv_aux=0.0), torch.device("cpu"),
                      scaler=torch.amp.GradScaler("cpu", enabled=True))
     aux_before = [p.clone() for p in discs[0].parameters()]
     main_before = [p.clone() for p in discs[1].parameters()]

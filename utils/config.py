@@ -11,15 +11,28 @@ from typing import Optional
 
 from model.discriminator import MIN_SIZE
 from utils.cli import ArgumentParser, DefaultsHelpFormatter, non_negative_int, positive_int, size_arg
+from utils.objective import ALIASES, KNOBS, PARADIGMS
 
-PARADIGMS = ("source", "target", "both", "sequential")
 SOURCES = ("gta5", "bdd", "cityscapes")  # cityscapes: its own labels, the "oracle" upper bound
 TARGETS = ("cityscapes", "bdd")
 
 
+def _with_knobs(cls: type) -> type:
+    """Add one field per knob of the objective (utils/objective.py KNOBS), with its default."""
+    for knob in KNOBS:
+        cls.__annotations__[knob.name] = type(knob.default).__name__
+        setattr(cls, knob.name, knob.default)
+    return cls
+
+
 @dataclass
+@_with_knobs
 class TrainConfig:
-    """Every setting of a training run (adaptation, or distillation when `teacher` is set)."""
+    """Every setting of a training run (adaptation, or distillation when `teacher` is set).
+
+    Besides the fields below, one field per knob of the objective (its weights and options:
+    `lambda_seg`, `lambda_kl`, ..., see utils/objective.py KNOBS).
+    """
 
     # networks
     arch: str = "drn_d_22"
@@ -54,21 +67,10 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     power: float = 0.9
-    # adaptation
-    lambda_seg: float = 0.1
-    lambda_adv_target1: float = 0.0002
-    lambda_adv_target2: float = 0.001
-    gan: str = "Vanilla"
-    # distillation
+    # distillation (the objective's weights and options are the knob fields)
     teacher: Optional[str] = None
     paradigm: str = "sequential"
     num_steps_target: int = 0
-    lambda_kl: float = 0.1
-    lambda_mse: float = 0.01
-    lambda_targetce: float = 1.0
-    target_distill: float = 1.0
-    kd_temperature: float = 1.0
-    pseudo_threshold: float = 0.0
     # run
     random_seed: int = 1234
     deterministic: bool = False
@@ -94,7 +96,7 @@ class TrainConfig:
     @property
     def adapt(self) -> bool:
         """True when the adversarial (output-space adaptation) terms are on."""
-        return self.lambda_adv_target1 > 0 or self.lambda_adv_target2 > 0
+        return self.lambda_adv_aux > 0 or self.lambda_adv_main > 0
 
     @property
     def distill(self) -> bool:
@@ -110,8 +112,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> TrainConfig:
-        """Inverse of `to_dict`; unknown keys are ignored."""
+        """Inverse of `to_dict`; older names of knobs are read under their names, unknown keys are ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
+        data = {ALIASES.get(k, k): v for k, v in data.items()}
         kwargs = {k: v for k, v in data.items() if k in names}
         for key in ("input_size", "input_size_target", "eval_size"):
             if key in kwargs:
@@ -129,13 +132,12 @@ SCRIPT_CONSTANTS = {
     "INPUT_SIZE_TARGET": "input_size_target", "EVAL_SIZE": "eval_size", "BATCH_SIZE": "batch_size",
     "ITER_SIZE": "iter_size", "NUM_WORKERS": "num_workers", "NUM_STEPS": "num_steps",
     "NUM_STEPS_STOP": "num_steps_stop", "LEARNING_RATE": "learning_rate", "LEARNING_RATE_D": "learning_rate_d",
-    "MOMENTUM": "momentum", "WEIGHT_DECAY": "weight_decay", "POWER": "power", "LAMBDA_SEG": "lambda_seg",
-    "LAMBDA_ADV_TARGET1": "lambda_adv_target1", "LAMBDA_ADV_TARGET2": "lambda_adv_target2", "GAN": "gan",
+    "MOMENTUM": "momentum", "WEIGHT_DECAY": "weight_decay", "POWER": "power",
     "TEACHER": "teacher", "PARADIGM": "paradigm", "NUM_STEPS_TARGET": "num_steps_target",
-    "LAMBDA_KL": "lambda_kl", "LAMBDA_MSE": "lambda_mse", "LAMBDA_TARGETCE": "lambda_targetce",
-    "TARGET_DISTILL": "target_distill", "KD_TEMPERATURE": "kd_temperature",
-    "PSEUDO_THRESHOLD": "pseudo_threshold", "RANDOM_SEED": "random_seed", "SAVE_PRED_EVERY": "save_pred_every",
-    "SNAPSHOT_DIR": "snapshot_dir",
+    "RANDOM_SEED": "random_seed", "SAVE_PRED_EVERY": "save_pred_every", "SNAPSHOT_DIR": "snapshot_dir",
+    # every knob of the objective under its older names and its own name in upper case (LAMBDA_PSEUDO,
+    # which wins over LAMBDA_TARGETCE when a script has both)
+    **{alias.upper(): name for alias, name in ALIASES.items()}, **{k.name.upper(): k.name for k in KNOBS},
 }
 
 
@@ -157,9 +159,6 @@ def build_parser(defaults: TrainConfig, *, prog: str, description: str, distill:
     d = defaults
     p = ArgumentParser(prog=prog, description=description,
                        formatter_class=DefaultsHelpFormatter)
-
-    def add(name: str, **kw) -> None:
-        p.add_argument(_RENAMED.get(name, _flag(name)), dest=name, default=getattr(d, name), **kw)
 
     g = p.add_argument_group("network")
     g.add_argument("--arch", dest="arch", default=d.arch, help="backbone (e.g. drn_d_22, drn_d_38)")
@@ -212,30 +211,17 @@ def build_parser(defaults: TrainConfig, *, prog: str, description: str, distill:
     g.add_argument("--momentum", type=float, default=d.momentum)
     g.add_argument("--weight-decay", dest="weight_decay", type=float, default=d.weight_decay)
     g.add_argument("--power", type=float, default=d.power, help="poly learning-rate exponent")
-    g = p.add_argument_group("adaptation")
-    g.add_argument("--lambda-seg", dest="lambda_seg", type=float, default=d.lambda_seg,
-                   help="weight of the auxiliary head's terms")
-    g.add_argument("--lambda-adv-target1", dest="lambda_adv_target1", type=float,
-                   default=d.lambda_adv_target1, help="adversarial weight, aux level (0 with 0 below: source only)")
-    g.add_argument("--lambda-adv-target2", dest="lambda_adv_target2", type=float,
-                   default=d.lambda_adv_target2, help="adversarial weight, main level")
-    g.add_argument("--gan", choices=("Vanilla", "LS"), default=d.gan)
+    g = p.add_argument_group("objective", "weights and options of the loss terms (utils/objective.py)")
+    for knob in KNOBS:
+        if distill or not knob.teacher:
+            add_knob_flag(g, knob, getattr(d, knob.name))
     if distill:
         g = p.add_argument_group("distillation")
         g.add_argument("--teacher", default=d.teacher, help="the teacher's final.pth (required)")
-        g.add_argument("--paradigm", choices=PARADIGMS, default=d.paradigm,
+        g.add_argument("--paradigm", choices=tuple(PARADIGMS), default=d.paradigm,
                        help="distil on source (a), target (b), both (c), or (c) then (b) (d)")
         g.add_argument("--num-steps-target", dest="num_steps_target", type=non_negative_int,
                        default=d.num_steps_target, help="length of the target-only phase of 'sequential'")
-        g.add_argument("--lambda-kl", dest="lambda_kl", type=float, default=d.lambda_kl)
-        g.add_argument("--lambda-mse", dest="lambda_mse", type=float, default=d.lambda_mse)
-        g.add_argument("--lambda-targetce", dest="lambda_targetce", type=float, default=d.lambda_targetce,
-                       help="weight of the pseudo-teacher-label cross entropy")
-        g.add_argument("--target-distill", dest="target_distill", type=float, default=d.target_distill,
-                       help="weight of the distillation terms on target images (lambda_target)")
-        g.add_argument("--kd-temperature", dest="kd_temperature", type=float, default=d.kd_temperature)
-        g.add_argument("--pseudo-threshold", dest="pseudo_threshold", type=float, default=d.pseudo_threshold,
-                       help="ignore pixels whose teacher confidence is below this (0: off)")
     g = p.add_argument_group("run")
     g.add_argument("--random-seed", dest="random_seed", type=int, default=d.random_seed)
     g.add_argument("--deterministic", action="store_true", default=d.deterministic)
@@ -280,6 +266,15 @@ RESUME_MAY_CHANGE = frozenset({
 })
 # Paths saved in the run's settings, made absolute when a run starts so that a resume works from anywhere.
 SAVED_PATHS = ("data_dir", "data_list", "data_dir_target", "data_list_target", "teacher")
+
+
+def add_knob_flag(group: argparse._ActionsContainer, knob, default) -> None:
+    """The flag of a knob of the objective (`--lambda-kl`), with its older names as aliases."""
+    flags = [_flag(knob.name), *(_flag(alias) for alias in knob.aliases)]
+    if knob.choices:
+        group.add_argument(*flags, dest=knob.name, choices=knob.choices, default=default, help=knob.help)
+    else:
+        group.add_argument(*flags, dest=knob.name, type=float, default=default, help=knob.help)
 
 
 def parse_config(defaults: TrainConfig, argv: Sequence[str] | None, *, prog: str, description: str,
@@ -342,10 +337,13 @@ def _check(cfg: TrainConfig, parser: ArgumentParser, distill: bool) -> None:
         cfg.num_steps_stop = cfg.num_steps
     if distill and not cfg.teacher:
         parser.error("--teacher is required: the path of the teacher's final.pth")
-    if not 0.0 <= cfg.pseudo_threshold < 1.0:
-        parser.error(f"--pseudo-threshold expects a value in [0, 1), got {cfg.pseudo_threshold}")
-    if cfg.kd_temperature <= 0:
-        parser.error(f"--kd-temperature expects a positive value, got {cfg.kd_temperature}")
+    for knob in KNOBS:
+        value = getattr(cfg, knob.name)
+        expected = knob.check(value) if knob.check else None
+        if expected is None and not knob.choices and value < 0:
+            expected = "a weight >= 0"
+        if expected:
+            parser.error(f"{_flag(knob.name)} expects {expected}, got {value}")
     for name in ("learning_rate", "learning_rate_d"):
         if getattr(cfg, name) <= 0:
             parser.error(f"{_RENAMED.get(name, _flag(name))} expects a positive value, got {getattr(cfg, name)}")

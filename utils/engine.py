@@ -24,6 +24,7 @@ from utils.config import TrainConfig, run_name
 from utils.errors import CheckpointError, ConfigError, UserError
 from utils.evaluate import eval_collate
 from utils.logger import RunLogger
+from utils.objective import ADAPTATION, PARADIGMS, Objective, PhaseSpec, build_objective, knob_values
 from utils.runtime import (
     DistInfo,
     barrier,
@@ -33,8 +34,9 @@ from utils.runtime import (
     seed_everything,
     set_rng_state,
     shutdown_distributed,
+    unwrap,
 )
-from utils.steps import LossWeights, TrainStep, freeze_teacher, poly_lr, set_lr, step_status, unwrap
+from utils.steps import TrainStep, freeze_teacher, poly_lr, set_lr, step_status
 
 
 class NonFiniteLossError(UserError):
@@ -45,43 +47,38 @@ class Interrupted(Exception):
     """SIGINT or SIGTERM arrived; the loop saved `last.pth` and stops with `exit_code`."""
 
     def __init__(self, signum: int, path: Path):
-        self.signum = signum
+        self.signum, self.path = signum, path
         self.exit_code = 128 + signum
         super().__init__(f"stopped by signal {signum}; state saved to {path}")
 
 
 @dataclass(frozen=True)
 class Phase:
-    """A stretch of training with one set of loss terms and its own poly schedule."""
+    """A phase of this run: its terms (`spec`), the length of its poly schedule and where it stops."""
 
-    name: str
+    spec: PhaseSpec
     num_steps: int
     num_steps_stop: int
-    distill_source: bool = False
-    distill_target: bool = False
+
+    @property
+    def name(self) -> str:
+        """The phase's name, as in log.jsonl ('adapt', 'both', 'target', ...)."""
+        return self.spec.name
 
 
 def plan_phases(cfg: TrainConfig) -> list[Phase]:
-    """The phases of a run: one for adaptation, one or two (sequential) for distillation."""
-    if not cfg.distill:
-        return [Phase("adapt", cfg.num_steps, cfg.num_steps_stop)]
-    both = Phase("both", cfg.num_steps, cfg.num_steps_stop, True, True)
-    if cfg.paradigm == "source":
-        return [dataclasses.replace(both, name="source", distill_target=False)]
-    if cfg.paradigm == "target":
-        return [dataclasses.replace(both, name="target", distill_source=False)]
-    if cfg.paradigm == "both":
-        return [both]
-    return [both, Phase("target", cfg.num_steps_target, cfg.num_steps_target, False, True)]
+    """The phases of a run: adaptation, or the distillation paradigm's phases (utils/objective.py PARADIGMS)."""
+    specs = PARADIGMS[cfg.paradigm] if cfg.distill else ADAPTATION
+    phases = []
+    for index, spec in enumerate(specs):
+        steps = getattr(cfg, spec.steps)
+        phases.append(Phase(spec, steps, min(cfg.num_steps_stop, steps) if index == 0 else steps))
+    return phases
 
 
-def loss_weights(cfg: TrainConfig, phase: Phase) -> LossWeights:
-    """The objective of `phase` under `cfg`."""
-    return LossWeights(
-        lambda_seg=cfg.lambda_seg, lambda_adv=(cfg.lambda_adv_target1, cfg.lambda_adv_target2), gan=cfg.gan,
-        distill_source=phase.distill_source, distill_target=phase.distill_target, lambda_kl=cfg.lambda_kl,
-        lambda_mse=cfg.lambda_mse, lambda_pseudo=cfg.lambda_targetce, lambda_target=cfg.target_distill,
-        temperature=cfg.kd_temperature, pseudo_threshold=cfg.pseudo_threshold)
+def phase_objective(cfg: TrainConfig, phase: Phase) -> Objective:
+    """The weighted terms of `phase` under `cfg`'s knobs."""
+    return build_objective(phase.spec, knob_values(cfg))
 
 
 # --- data -----------------------------------------------------------------------------------------------
@@ -177,18 +174,48 @@ def _wrap_ddp(cfg: TrainConfig, info: DistInfo, device: torch.device, net: nn.Mo
     return net, discs
 
 
+# --- the run's state -----------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """What a training run holds while it trains: settings, nets, where it writes, and how far it is."""
+
+    cfg: TrainConfig
+    info: DistInfo
+    device: torch.device
+    folder: Path
+    phases: list[Phase]
+    net: nn.Module
+    discs: tuple[nn.Module, nn.Module]
+    teacher: nn.Module | None
+    datasets: tuple
+    logger: RunLogger
+    validator: _Validator
+    scaler: torch.amp.GradScaler  # fp16 loss scaling, carried from phase to phase (disabled otherwise)
+    signals: _Signals = dataclasses.field(default_factory=lambda: _Signals())
+    step_fn: TrainStep | None = None
+    phase_index: int = 0
+    step: int = 0          # within the phase
+    global_step: int = 0   # over the phases
+    skipped: int = 0       # steps skipped for a non-finite loss
+
+    @property
+    def phase(self) -> Phase:
+        """The phase being trained."""
+        return self.phases[self.phase_index]
+
+
 # --- checkpoints ----------------------------------------------------------------------------------------
-def training_state(cfg: TrainConfig, net, discs, step_fn: TrainStep, phase_index: int, step: int,
-                   global_step: int, skipped: int, best_val: float | None = None) -> dict:
-    """Everything needed to continue this run exactly where it is (`best_val`: the best val mIoU so far)."""
-    core = unwrap(net)
+def training_state(run: Run) -> dict:
+    """Everything needed to continue this run exactly where it is (with the best val mIoU so far)."""
+    core, step_fn = unwrap(run.net), run.step_fn
+    best = run.validator.best if math.isfinite(run.validator.best) else None
     return {
         "format": TRAIN_FORMAT, "arch": core.arch, "aux_layer": core.aux_layer, "num_classes": core.num_classes,
-        "net": core.state_dict(), "d1": unwrap(discs[0]).state_dict(), "d2": unwrap(discs[1]).state_dict(),
+        "net": core.state_dict(), "d1": unwrap(run.discs[0]).state_dict(), "d2": unwrap(run.discs[1]).state_dict(),
         "optimizer": step_fn.optimizer.state_dict(), "optimizer_d1": step_fn.d_optimizers[0].state_dict(),
-        "optimizer_d2": step_fn.d_optimizers[1].state_dict(), "scaler": step_fn.scaler.state_dict(),
-        "phase": phase_index, "step": step, "global_step": global_step, "nonfinite_skipped": skipped,
-        "rng": rng_state(), "config": cfg.to_dict(), "best_val_mIoU": best_val,
+        "optimizer_d2": step_fn.d_optimizers[1].state_dict(), "scaler": run.scaler.state_dict(),
+        "phase": run.phase_index, "step": run.step, "global_step": run.global_step,
+        "nonfinite_skipped": run.skipped, "rng": rng_state(), "config": run.cfg.to_dict(), "best_val_mIoU": best,
     }
 
 
@@ -203,6 +230,26 @@ def _check_resume(cfg: TrainConfig, state: dict) -> None:
     if saved.get("teacher") and saved.get("paradigm") != cfg.paradigm and cfg.distill:
         raise CheckpointError(f"--resume {cfg.resume}: it ran --paradigm {saved.get('paradigm')}, "
                               f"this run asks for {cfg.paradigm}")
+
+
+def _save(run: Run) -> Path:
+    """Write last.pth (rank 0) and wait for every rank; return its path."""
+    path = run.folder / "last.pth"
+    if run.info.is_main:
+        path = save_training_state(training_state(run), run.folder, run.global_step, run.cfg.keep_last)
+    barrier(run.info)
+    return path
+
+
+def _restore(run: Run, state: dict) -> None:
+    """Put the optimizers, the loss scaler and every random generator back as `state` holds them."""
+    step_fn = run.step_fn
+    step_fn.optimizer.load_state_dict(state["optimizer"])
+    step_fn.d_optimizers[0].load_state_dict(state["optimizer_d1"])
+    step_fn.d_optimizers[1].load_state_dict(state["optimizer_d2"])
+    if state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
 
 
 # --- the loop -------------------------------------------------------------------------------------------
@@ -237,10 +284,32 @@ def train(cfg: TrainConfig) -> Path:
 
 
 def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> Path:
+    run, state = _start(cfg, info, device)
+    try:
+        with run.signals:
+            while run.phase_index < len(run.phases):
+                run.step_fn = _make_step(run)
+                if state is not None:  # optimizers and RNG once, for the phase we resume in
+                    _restore(run, state)
+                    state = None
+                _run_phase(run)
+                if len(run.phases) > 1 and info.is_main:
+                    save_final(run.folder / f"{run.phase.name}_phase_final.pth", unwrap(run.net))
+                run.phase_index, run.step = run.phase_index + 1, 0
+        if info.is_main:
+            save_final(run.folder / "final.pth", unwrap(run.net))
+        barrier(info)
+    finally:
+        run.logger.close()
+    return run.folder
+
+
+def _start(cfg: TrainConfig, info: DistInfo, device: torch.device) -> tuple[Run, dict | None]:
+    """Check every input, build the nets (from --resume's state when given) and the run folder's logger."""
     folder = Path(cfg.snapshot_dir or Path("snapshots") / run_name(cfg))
     phases = plan_phases(cfg)
     # every input is checked before anything is written into the run folder
-    datasets = build_datasets(cfg, info, cfg.adapt or any(p.distill_target for p in phases))
+    datasets = build_datasets(cfg, info, any(phase_objective(cfg, p).uses_target for p in phases))
     val_set = _val_dataset(cfg) if cfg.eval_every and info.is_main else None
     if info.is_main:
         check_output(folder, "--snapshot-dir", folder=True)  # created by the logger, once every input is checked
@@ -252,13 +321,10 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> Path:
     if state is not None:
         _check_resume(cfg, state)
     net, discs, teacher = build_models(cfg, device)
-    phase_index, step, global_step, skipped = 0, 0, 0, 0
     if state is not None:
         unwrap(net).load_state_dict(state["net"])
         discs[0].load_state_dict(state["d1"])
         discs[1].load_state_dict(state["d2"])
-        phase_index, step, global_step = state["phase"], state["step"], state["global_step"]
-        skipped = state.get("nonfinite_skipped", 0)
     net, discs = _wrap_ddp(cfg, info, device, net, discs)
     logger = RunLogger(folder, enabled=info.is_main)
     logger.write_run_info(cfg.to_dict(), {"run_name": folder.name, "world_size": info.world_size,
@@ -266,125 +332,105 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> Path:
     # Always there, so that the best val score so far travels through every save, even while a resumed
     # run does not validate; it scores the net only with --eval-every.
     validator = _Validator(cfg, device, logger, folder, info, val_set)
-    if state is not None and state.get("best_val_mIoU") is not None:
-        validator.best = state["best_val_mIoU"]  # so that --keep-best compares with the run's best so far
-    try:
-        with _Signals() as signals:
-            while phase_index < len(phases):
-                phase = phases[phase_index]
-                step_fn = _make_step(cfg, phase, net, discs, teacher, device)
-                if state is not None:  # restore optimizers and RNG once, for the phase we resume in
-                    _restore_optimizers(step_fn, state)
-                    set_rng_state(state["rng"])
-                    state = None
-                global_step, skipped = _run_phase(cfg, info, phase, phase_index, step, global_step, skipped,
-                                                  net, discs, step_fn, logger, folder, validator, signals,
-                                                  datasets)
-                if len(phases) > 1 and info.is_main:
-                    save_final(folder / f"{phase.name}_phase_final.pth", unwrap(net))
-                phase_index, step = phase_index + 1, 0
-        if info.is_main:
-            save_final(folder / "final.pth", unwrap(net))
-        barrier(info)
-    finally:
-        logger.close()
-    return folder
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    run = Run(cfg, info, device, folder, phases, net, discs, teacher, datasets, logger, validator, scaler)
+    if state is not None:
+        run.phase_index, run.step, run.global_step = state["phase"], state["step"], state["global_step"]
+        run.skipped = state.get("nonfinite_skipped", 0)
+        if state.get("best_val_mIoU") is not None:
+            validator.best = state["best_val_mIoU"]  # so that --keep-best compares with the run's best so far
+    return run, state
 
 
-def _make_step(cfg, phase, net, discs, teacher, device) -> TrainStep:
-    opt, d_opts = make_optimizers(cfg, net, discs)
-    return TrainStep(net, discs, opt, d_opts, loss_weights(cfg, phase), device, amp=cfg.amp, teacher=teacher,
-                     channels_last=cfg.channels_last)
+def _make_step(run: Run) -> TrainStep:
+    """The step of the current phase: its objective, fresh optimizers (each phase restarts them and its
+    poly schedule), the run's nets and loss scaler."""
+    opt, d_opts = make_optimizers(run.cfg, run.net, run.discs)
+    return TrainStep(run.net, run.discs, opt, d_opts, phase_objective(run.cfg, run.phase), run.device,
+                     amp=run.cfg.amp, teacher=run.teacher, channels_last=run.cfg.channels_last, scaler=run.scaler)
 
 
-def _restore_optimizers(step_fn: TrainStep, state: dict) -> None:
-    step_fn.optimizer.load_state_dict(state["optimizer"])
-    step_fn.d_optimizers[0].load_state_dict(state["optimizer_d1"])
-    step_fn.d_optimizers[1].load_state_dict(state["optimizer_d2"])
-    if "scaler" in state and state["scaler"]:
-        step_fn.scaler.load_state_dict(state["scaler"])
-
-
-def _run_phase(cfg, info, phase, phase_index, step, global_step, skipped, net, discs, step_fn, logger, folder,
-               validator, signals, datasets=None):
-    weights = step_fn.w
-    per_step = cfg.batch_size * cfg.iter_size
-    src, tgt = build_streams(cfg, info, global_step * per_step, weights.adapt or weights.distill_target, datasets)
-    net.train()
-    for d in discs:
+def _run_phase(run: Run) -> None:
+    """Train the current phase from `run.step` to its stop, logging, validating and saving on the way."""
+    cfg, phase, step_fn = run.cfg, run.phase, run.step_fn
+    src, tgt = build_streams(cfg, run.info, run.global_step * cfg.batch_size * cfg.iter_size,
+                             step_fn.objective.uses_target, run.datasets)
+    run.net.train()
+    for d in run.discs:
         d.train()
-    bar = _progress(cfg, info, phase, step)
-    last_saved = step
-
-    def save() -> Path:  # the state as it is now (reads step, global_step and skipped when called)
-        return _save(cfg, info, net, discs, step_fn, phase_index, step, global_step, skipped, folder, validator)
-
+    bar = _progress(run)
+    last_saved = run.step
     try:
-        while step < phase.num_steps_stop:
-            lr = poly_lr(cfg.learning_rate, step, phase.num_steps, cfg.power)
-            lr_d = poly_lr(cfg.learning_rate_d, step, phase.num_steps, cfg.power)
-            set_lr(step_fn.optimizer, lr)
-            for opt in step_fn.d_optimizers:
-                set_lr(opt, lr_d)
+        while run.step < phase.num_steps_stop:
+            lrs = _set_learning_rates(run)
             sources = [next(src) for _ in range(cfg.iter_size)]
             targets = [next(tgt) for _ in range(cfg.iter_size)] if tgt is not None else []
             losses = step_fn(sources, targets)
-            bad, stop_signal = step_status(losses, signals.received, info.enabled)
-            if bad is not None:
-                step_fn.discard()
-                skipped += 1
-                if skipped > cfg.skip_nonfinite:
-                    value = float(losses[bad])
-                    what = f"is {value}" if not math.isfinite(value) else "is not finite on another rank"
-                    raise NonFiniteLossError(
-                        f"loss term '{bad}' {what} at step {step + 1} of phase '{phase.name}'; "
-                        f"stopped (last good checkpoint kept in {folder}); --skip-nonfinite N tolerates N bad steps")
-            else:
+            bad, stop_signal = step_status(losses, run.signals.received, run.info.enabled)
+            if bad is None:
                 step_fn.apply()
-            step += 1
-            global_step += 1
-            if bar is not None:
-                bar.update(1)
-            if step % cfg.log_every == 0 or step == phase.num_steps_stop:
-                values = {k: float(v) for k, v in losses.items()}
-                values.update(lr=lr, lr_D=lr_d)
-                logger.log(global_step, values, phase=phase.name)
-                if bar is not None:
-                    bar.set_postfix({k: f"{values[k]:.3g}" for k in ("total", "seg_main", "lr") if k in values})
-            if cfg.eval_every and (step % cfg.eval_every == 0 or step == phase.num_steps_stop):
-                validator(net, global_step)  # before the save, so that the checkpoint knows the best score
-                net.train()
-            if step % cfg.save_pred_every == 0 and step != last_saved:
-                save()
-                last_saved = step
+            else:
+                _skip(run, bad, losses)
+            run.step += 1
+            run.global_step += 1
+            _record(run, losses, lrs, bar)
+            if run.step % cfg.save_pred_every == 0:
+                _save(run)
+                last_saved = run.step
             if stop_signal is not None:  # every rank stops here, whichever received the signal
-                path = save()
-                raise Interrupted(stop_signal, path)
-        if step != last_saved:
-            save()
+                raise Interrupted(stop_signal, _save(run))
+        if run.step != last_saved:
+            _save(run)
     finally:
         if bar is not None:
             bar.close()
-    return global_step, skipped
 
 
-def _save(cfg, info, net, discs, step_fn, phase_index, step, global_step, skipped, folder, validator) -> Path:
-    path = folder / "last.pth"
-    if info.is_main:
-        best = validator.best if math.isfinite(validator.best) else None
-        state = training_state(cfg, net, discs, step_fn, phase_index, step, global_step, skipped, best)
-        path = save_training_state(state, folder, global_step, cfg.keep_last)
-    barrier(info)
-    return path
+def _set_learning_rates(run: Run) -> dict[str, float]:
+    """The poly schedule of the current phase for the net and both discriminators."""
+    cfg, step_fn = run.cfg, run.step_fn
+    lr = poly_lr(cfg.learning_rate, run.step, run.phase.num_steps, cfg.power)
+    lr_d = poly_lr(cfg.learning_rate_d, run.step, run.phase.num_steps, cfg.power)
+    set_lr(step_fn.optimizer, lr)
+    for opt in step_fn.d_optimizers:
+        set_lr(opt, lr_d)
+    return {"lr": lr, "lr_D": lr_d}
 
 
-def _progress(cfg: TrainConfig, info: DistInfo, phase: Phase, step: int):
-    if not (cfg.progress and info.is_main):
+def _skip(run: Run, bad: str, losses: dict[str, torch.Tensor]) -> None:
+    """Drop a step whose term `bad` is not finite, or stop the run when --skip-nonfinite is used up."""
+    run.step_fn.discard()
+    run.skipped += 1
+    if run.skipped > run.cfg.skip_nonfinite:
+        value = float(losses[bad])
+        what = f"is {value}" if not math.isfinite(value) else "is not finite on another rank"
+        raise NonFiniteLossError(
+            f"loss term '{bad}' {what} at step {run.step + 1} of phase '{run.phase.name}'; stopped (last good "
+            f"checkpoint kept in {run.folder}); --skip-nonfinite N tolerates N bad steps")
+
+
+def _record(run: Run, losses: dict[str, torch.Tensor], lrs: dict[str, float], bar) -> None:
+    """After a step: the progress bar, log.jsonl every --log-every steps, validation every --eval-every."""
+    cfg, step, end = run.cfg, run.step, run.phase.num_steps_stop
+    if bar is not None:
+        bar.update(1)
+    if step % cfg.log_every == 0 or step == end:
+        values = {k: float(v) for k, v in losses.items()} | lrs
+        run.logger.log(run.global_step, values, phase=run.phase.name)
+        if bar is not None:
+            bar.set_postfix({k: f"{v:.3g}" for k, v in values.items() if k in ("total", "seg_main_src", "lr")})
+    if cfg.eval_every and (step % cfg.eval_every == 0 or step == end):
+        run.validator(run.net, run.global_step)  # before a save, so that the checkpoint knows the best score
+        run.net.train()
+
+
+def _progress(run: Run):
+    if not (run.cfg.progress and run.info.is_main):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=phase.num_steps_stop, initial=step, desc=f"{cfg.arch} {phase.name}", dynamic_ncols=True,
-                mininterval=1.0)
+    return tqdm(total=run.phase.num_steps_stop, initial=run.step, desc=f"{run.cfg.arch} {run.phase.name}",
+                dynamic_ncols=True, mininterval=1.0)
 
 
 def _val_dataset(cfg: TrainConfig):
@@ -424,7 +470,7 @@ def run_training(cfg: TrainConfig) -> int:
         folder = train(cfg)
     except Interrupted as stop:
         if is_main_process():
-            print(f"{cfg.script}: {stop}; continue with --resume {stop.args[0].split(' to ')[-1]}")
+            print(f"{cfg.script}: {stop}; continue with --resume {stop.path}")
         return stop.exit_code
     if is_main_process():  # one line per run, not one per torchrun worker
         print(f"{cfg.script}: done; weights in {folder / 'final.pth'}, resumable state in {folder / 'last.pth'}")

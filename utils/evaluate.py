@@ -1,4 +1,4 @@
-"""The one evaluation loop (SPEC 7), shared by eval_cs.py and the training engine's validation."""
+"""The one evaluation loop (docs/method.md#evaluation), shared by eval_cs.py and the training engine's validation."""
 from __future__ import annotations
 
 import time
@@ -11,12 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from dataset.transforms import LABEL_SIZES
 from model import build_from_checkpoint
 from utils.errors import CheckpointError, ConfigError
 from utils.metrics import ConfusionMatrix
-from utils.runtime import autocast
-
-LABEL_SIZES = ("full", "input")
+from utils.runtime import autocast, unwrap
 
 
 def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:
@@ -28,7 +27,7 @@ def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:
 
 def _main_logits(net: nn.Module, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """The main head's logits; any other module (e.g. an exported graph) through its `(aux, main)` output."""
-    seg_net = getattr(net, "module", net)  # DDP / DataParallel wrappers
+    seg_net = unwrap(net)
     if hasattr(seg_net, "main_logits"):
         return seg_net.main_logits(images, size)
     return net(images, output_size=size)[1]

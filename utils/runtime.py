@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from utils.errors import ConfigError
 
@@ -38,6 +39,11 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     if dtype is torch.float16 and device.type == "cpu":
         raise ConfigError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel/DataParallel wrapper (or the module itself)."""
+    return getattr(module, "module", module)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

@@ -1,6 +1,6 @@
-"""Loader throughput: images/s per worker for each layout, and our label work vs the old per-id remap.
+"""Loader throughput: images/s per worker for each layout, and our label work vs the original per-id remap.
 
-    python -m dataset.benchmark_loader --root DIR [--size 128,64] [--num 200] [--workers 1]
+    python -m bench.loader --root DIR [--size 128,64] [--num 200] [--workers 1]
 
 DIR holds gta5/, cityscapes/ and bdd/ (the synthetic benchmark's output); `--gta5`, `--cityscapes`,
 `--bdd` point at single dataset roots instead (real downloads).
@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from bench.oldway import id_table, old_remap
 from dataset import build_dataset
 from dataset.decode import read_label
 from dataset.layouts import LAYOUTS
@@ -22,7 +23,6 @@ from dataset.lut import undefined_ids
 from dataset.transforms import resize_label
 from utils.cli import ArgumentParser, non_negative_int, positive_int, run_cli, size_arg
 from utils.errors import DatasetError
-from utils.oldway import id_table, old_remap
 
 SPLITS = {"gta5": "train", "cityscapes": "train", "bdd": "train"}
 
@@ -82,7 +82,7 @@ def remap_speed(dataset, num: int, size: tuple[int, int]) -> tuple[float, float]
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: print throughput for every layout found."""
-    parser = ArgumentParser(prog="python -m dataset.benchmark_loader", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m bench.loader", description=__doc__.split("\n")[0])
     parser.add_argument("--root", help="folder holding gta5/, cityscapes/, bdd/")
     for name in LAYOUTS:
         parser.add_argument(f"--{name}", help=f"root of a {name} dataset (overrides --root)")

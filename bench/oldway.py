@@ -1,6 +1,6 @@
-"""DEFECT REPRODUCTIONS of the old code (SPEC section 8), for benchmark.py's side-by-side timings only.
+"""DEFECT REPRODUCTIONS of the original code (docs/differences.md), for benchmark.py's side-by-side timings.
 
-Nothing here is used by training or evaluation: these functions copy the old code's slow or wrong
+Nothing here is used by training or evaluation: these functions copy the original code's slow or wrong
 habits on purpose so that a speed-up can be measured as a ratio within one run.
 - teacher in train mode (batch statistics, running statistics drifting)         -> `OldWayStep`
 - pseudo labels: arg-max through NumPy and back to the device every step        -> `old_pseudo_label_loss`
@@ -23,7 +23,8 @@ from PIL import Image
 from dataset.decode import read_image
 from dataset.labels import PALETTE
 from utils.loss import mse_distill, seg_loss
-from utils.steps import LossWeights, TrainStep
+from utils.objective import AUX, MAIN, Objective, PhaseSpec, build_objective
+from utils.steps import TrainStep
 
 
 def old_kl(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor) -> torch.Tensor:
@@ -37,21 +38,27 @@ def old_pseudo_label_loss(student_log_probs: torch.Tensor, teacher_log_probs: to
     return seg_loss(student_log_probs, torch.from_numpy(labels).to(student_log_probs.device))
 
 
+# DEFECT: the original code's distillation terms, as forms of the objective's terms
+OLD_WAY_FORMS = {
+    "kl_main": lambda x: old_kl(x.student[MAIN], x.teacher[MAIN]),
+    "kl_aux": lambda x: old_kl(x.student[AUX], x.teacher[AUX]),
+    "mse": lambda x: mse_distill(x.student[AUX], x.teacher[AUX]),
+    "pseudo": lambda x: old_pseudo_label_loss(x.student[MAIN], x.teacher[MAIN]),
+}
+
+
+def old_way_objective(spec: PhaseSpec, knobs: dict) -> Objective:
+    """The objective of `spec` with the original code's distillation terms."""
+    return build_objective(spec, knobs, forms=OLD_WAY_FORMS)
+
+
 class OldWayStep(TrainStep):
-    """DEFECT: TrainStep with the old code's teacher (train mode) and distillation terms; benchmark only."""
+    """DEFECT: TrainStep with the original code's teacher (train mode); benchmark only."""
 
     @torch.no_grad()
     def _teacher(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.teacher.train()  # the old code never switched the teacher to eval mode
+        self.teacher.train()  # the original code never switched the teacher to eval mode
         return self._forward(self.teacher, images)
-
-    def _distillation_terms(self, student, teacher, w: LossWeights) -> dict[str, torch.Tensor]:
-        (s_aux, s_main), (t_aux, t_main) = student, teacher
-        return {
-            "kl": old_kl(s_main, t_main) + w.lambda_seg * old_kl(s_aux, t_aux),
-            "mse": mse_distill(s_aux, t_aux),
-            "pseudo": old_pseudo_label_loss(s_main, t_main),
-        }
 
 
 def old_remap(raw: np.ndarray, id_to_train: dict[int, int]) -> np.ndarray:
@@ -72,20 +79,20 @@ def old_label_mapping(raw: np.ndarray, pairs: list[tuple[int, int]]) -> np.ndarr
 
 
 def id_table(lut: np.ndarray) -> dict[int, int]:
-    """The old code's `{label id: train id}` dict for a 256-entry LUT (ids that are not ignored)."""
+    """The original code's `{label id: train id}` dict for a 256-entry LUT (ids that are not ignored)."""
     return {i: int(t) for i, t in enumerate(lut) if t != 255}
 
 
 def fast_hist(label: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
-    """The old code's per-image NumPy confusion matrix (rows ground truth)."""
+    """The original code's per-image NumPy confusion matrix (rows ground truth)."""
     keep = (label >= 0) & (label < n)
     return np.bincount(n * label[keep].astype(int) + pred[keep], minlength=n * n).reshape(n, n)
 
 
 @torch.no_grad()
 def old_eval_pipeline(net: torch.nn.Module, dataset, num_images: int, num_classes: int = 19) -> dict:
-    """DEFECT: the old two-script evaluation (AdaptSegNet's, which the old code borrowed), scored at the
-    labels' full size: per image the old net's forward (both heads upsampled to the input size and
+    """DEFECT: the old two-script evaluation (AdaptSegNet's, which the original code borrowed), scored at the
+    labels' full size: per image the original net's forward (both heads upsampled to the input size and
     log-softmaxed there), the main output upsampled to the label's size, a NumPy transpose and arg-max, a
     prediction PNG and a colour PNG; then a second pass reading predictions and raw labels back, the
     per-id remap of the 34 label ids and `fast_hist`.

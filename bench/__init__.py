@@ -1,0 +1,1 @@
+"""Code that exists only for benchmark.py: reproductions of the original code's ways, loader timings."""
