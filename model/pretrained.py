@@ -243,11 +243,14 @@ def fetch(arch: str, cache_dir: str | None = None, opener: Opener | None = None,
     say = log or (lambda text: print(text, file=sys.stderr))
     for source in chain:
         try:
-            say(f"{arch}: downloading {source.url} ({source.label})")
-            return download(source, folder, opener, progress), source
+            path = download(source, folder, opener, progress)
         except (urllib.error.URLError, HTTPException, OSError, ValueError, zipfile.BadZipFile) as err:
             failures.append(f"{source.url} ({_reason(err)})")
-            say(f"{arch}: {source.url} failed ({_reason(err)})")
+            continue
+        # Only a success is reported here: when every source fails, the error alone lists them all.
+        tried = f" after {'; '.join(failures)}" if failures else ""
+        say(f"{arch}: {path} downloaded from {source.url} ({source.label}){tried}")
+        return path, source
     raise CheckpointError(all_failed_message(arch, folder, failures))
 
 

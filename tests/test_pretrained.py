@@ -91,7 +91,8 @@ def test_a_failed_source_falls_through_to_the_next(monkeypatch, tmp_path):
     assert opener.asked == ["http://a/1", "http://b/2", "http://c/3"]
     assert source.url == "http://c/3" and Path(path).read_bytes() == good
     assert sorted(p.name for p in tmp_path.iterdir()) == ["weights-2.pth"]
-    assert any("http://b/2 failed (HTTP 404 Not Found)" in line for line in said)
+    assert said == [f"drn_d_22: {path} downloaded from http://c/3 (source 2) after http://a/1 (unreachable: [Errno -2] "
+                    "Name or service not known); http://b/2 (HTTP 404 Not Found)"]
 
 
 def test_a_cached_file_is_used_without_the_network(monkeypatch, tmp_path):
