@@ -5,17 +5,27 @@ Accepted forms (files or URLs; a ``module.`` prefix from DataParallel/DDP is str
 - our training checkpoint ``{"format": "dakd-train", "arch", "aux_layer", "num_classes", "net", ...}``;
 - a raw SegNet state dict (``base.*``, ``seg1.*``, ``seg2.*``);
 - the old code's state dict (the same plus the unused ``up1.weight``/``up2.weight``, ignored);
-- a DRN ImageNet checkpoint (``layer0.*`` ... ``fc.*``), loaded into the backbone, ``fc.*`` ignored.
+- a DRN ImageNet checkpoint (``layer0.*`` ... ``fc.*``), loaded into the backbone, ``fc.*`` ignored;
+- an imgclsmob (``pytorchcv``) DRN ImageNet checkpoint (``features.*``, ``output.*``), as its ``.pth`` or
+  as the ``.zip`` holding it, renamed to our names (``model.imgclsmob``) and loaded like the one above.
+
+``--pretrained imagenet`` resolves through ``model.pretrained`` (a chain of verified sources).
+CLI: ``python -m model.weights fetch drn_d_22 drn_d_38 [--out DIR]`` downloads and verifies those
+weights ahead of time, e.g. on a cluster's login node when the compute nodes have no network.
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
+import io
 import os
 import pickle
 import re
+import sys
 import urllib.error
-from collections.abc import Mapping
+import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from http.client import HTTPException
 from typing import Any
@@ -24,9 +34,12 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
+from model import imgclsmob, pretrained
 from model.drn import ARCHS, build_drn
+from model.pretrained import default_cache_dir
 from model.seg_net import SegNet
 from utils.checkpoint import TRAIN_FORMAT, atomic_save
+from utils.cli import ArgumentParser, DefaultsHelpFormatter, check_output, run_cli
 from utils.errors import CheckpointError
 
 FINAL_FORMAT = "dakd-final"
@@ -35,6 +48,7 @@ _NET_META = ("arch", "aux_layer", "num_classes")
 # and the ImageNet classifier of the backbone.
 _UNUSED_KEY = re.compile(r"^(up\d*\.|(base\.)?fc\.)")
 _SHOW = 5  # offending keys listed in an error message
+_BACKBONE_FORMS = ("drn-backbone", "imgclsmob")  # ImageNet checkpoints: a DRN with its classifier
 
 
 @dataclass
@@ -66,19 +80,15 @@ def is_url(path_or_url: str) -> bool:
     return urlparse(str(path_or_url)).scheme in ("http", "https", "ftp")
 
 
-def default_cache_dir() -> str:
-    """Where downloaded weights are kept: torch hub's checkpoint folder (``$TORCH_HOME/hub/checkpoints``)."""
-    return os.path.join(torch.hub.get_dir(), "checkpoints")
-
-
 def _torch_load(path: str, allow_pickle: bool = False) -> Any:
     """``torch.load`` of a local file on the CPU, safe by default; every failure is a CheckpointError."""
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint is not a file: {path}")
+    packed = _zipped_pth(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+        obj = torch.load(path if packed is None else packed, map_location="cpu", weights_only=not allow_pickle)
     except pickle.UnpicklingError as err:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         if found and not allow_pickle:
@@ -93,6 +103,27 @@ def _torch_load(path: str, allow_pickle: bool = False) -> Any:
     if isinstance(obj, nn.Module):  # only reachable with allow_pickle=True
         obj = obj.state_dict()
     return obj
+
+
+def _zipped_pth(path: str) -> io.BytesIO | None:
+    """The one ``.pth`` inside a zip such as imgclsmob's, in memory; None for any other file.
+
+    A checkpoint saved by torch >= 1.6 is itself a zip, recognised by its ``data.pkl`` entry.
+    """
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+                return None
+            inner = [n for n in names if n.endswith(".pth")]
+            if len(inner) != 1:
+                raise CheckpointError(f"{path} is a zip holding {len(inner)} .pth files ({_first(inner)}); "
+                                      "expected exactly one (as imgclsmob publishes them)")
+            return io.BytesIO(archive.read(inner[0]))
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise CheckpointError(f"{path} is a truncated or corrupt zip ({_short(err)})") from None
 
 
 def _short(err: BaseException) -> str:
@@ -148,7 +179,13 @@ def _unwrap(ckpt: Mapping, source: str) -> tuple[str, dict[str, Tensor], dict[st
     state = {str(k): v for k, v in inner.items()}
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
-    if not form or form == "state_dict":
+    if imgclsmob.is_imgclsmob(state):
+        try:
+            _, state = imgclsmob.to_ours(state)
+        except ValueError as err:
+            raise CheckpointError(f"{source} is an imgclsmob DRN checkpoint, but {err}") from None
+        form = "imgclsmob"
+    elif not form or form == "state_dict":
         if any(k.startswith("base.") for k in state):
             form = "old-code" if any(k.startswith(("up1.", "up2.")) for k in state) else "segnet"
         else:
@@ -177,7 +214,7 @@ def _apply(net: nn.Module, ckpt: Mapping, source: str) -> LoadReport:
     target = net.module if isinstance(net, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else net
     form, state, meta = _unwrap(ckpt, source)
     _check_meta(target, meta, source)
-    into_backbone = form == "drn-backbone" and isinstance(target, SegNet)
+    into_backbone = form in _BACKBONE_FORMS and isinstance(target, SegNet)
     module = target.base if into_backbone else target
     prefix = "base." if into_backbone else ""
     expected = module.state_dict()
@@ -229,7 +266,7 @@ def build_from_checkpoint(path: str | os.PathLike, map_location: str | torch.dev
     for key, value in given.items():
         if value is not None and key in meta and meta[key] != value:
             raise CheckpointError(f"{source} holds {key} {meta[key]!r}, not the requested {value!r}")
-    if form == "drn-backbone":
+    if form in _BACKBONE_FORMS:
         raise CheckpointError(f"{source} holds a DRN backbone without the segmentation heads (an ImageNet "
                               "checkpoint): start a training run from it (--pretrained, --restore-from), it is "
                               "not a trained segmentation net")
@@ -277,3 +314,47 @@ def save_final(path: str | os.PathLike, net: nn.Module) -> None:
                "num_classes": net.num_classes,
                "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
     atomic_save(payload, path)
+
+
+def _fetch_command(args: argparse.Namespace) -> int:
+    """Download and verify the ImageNet weights of each named architecture; print where they are."""
+    cache = default_cache_dir()
+    folder = args.out or cache
+    if args.out:
+        check_output(args.out, "--out", folder=True)
+    for arch in args.archs:
+        path, source = pretrained.fetch(arch, cache_dir=folder, progress=not args.quiet)
+        print(f"{arch}: {path} (from {source.label}, {source.algorithm} {source.digest[:8]} verified)")
+        if source.zipped:
+            print("  note: imgclsmob's own ImageNet training, not the DRN authors' weights (docs/weights.md)")
+    if os.path.abspath(folder) == os.path.abspath(cache):
+        print(f"--pretrained imagenet (the default) finds them in {cache} on this machine; on a machine "
+              "without network copy them into its $TORCH_HOME/hub/checkpoints/ or pass --pretrained PATH")
+    else:
+        print(f"use one with --pretrained PATH, or copy it into {cache}/ (or $TORCH_HOME/hub/checkpoints/ "
+              "on the machine that trains) where --pretrained imagenet finds it")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line of this module: ``fetch ARCH... [--out DIR]``."""
+    parser = ArgumentParser(prog="python -m model.weights", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fetch = commands.add_parser(
+        "fetch", formatter_class=DefaultsHelpFormatter,
+        help="download and verify DRN ImageNet weights (for machines whose training nodes have no network)",
+        description="Download the DRN ImageNet weights from the first source that works, verify their "
+                    "checksum and keep them where --pretrained imagenet finds them (docs/weights.md).")
+    fetch.add_argument("archs", nargs="+", metavar="ARCH", choices=pretrained.published_archs(),
+                       help=f"architectures: {', '.join(pretrained.published_archs())}")
+    fetch.add_argument("--out", metavar="DIR", default=None,
+                       help="folder to write to (default: torch hub's checkpoint folder, "
+                            "$TORCH_HOME/hub/checkpoints, where --pretrained imagenet looks)")
+    fetch.add_argument("--quiet", action="store_true", help="no progress bar")
+    fetch.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    args = parser.parse_args(argv)
+    return _fetch_command(args)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -39,3 +39,16 @@ def tiny_train_args(root: Path, out: Path, *, source: str = "gta5", steps: int =
             "--input-size", "64,32", "--input-size-target", "64,32", "--eval-size", "64,32", "--batch-size", "2",
             "--num-workers", "0", "--num-steps", str(steps), "--pretrained", "none", "--save-pred-every", "2",
             "--log-every", "1", "--no-progress", "--device", "cpu", "--snapshot-dir", str(out)]
+
+
+@pytest.fixture(autouse=True)
+def no_weight_downloads(monkeypatch):
+    """Tests never reach the network: the weights downloader's default opener fails as an offline machine does."""
+    import urllib.error
+
+    import model.pretrained
+
+    def offline(url, timeout):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution (tests run offline)")
+
+    monkeypatch.setattr(model.pretrained, "_urlopen", offline)

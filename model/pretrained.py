@@ -1,0 +1,262 @@
+"""Where the DRN ImageNet weights come from, and getting one verified copy into the cache.
+
+Each architecture has a chain of sources, tried in order until one gives a file whose checksum is
+right (docs/weights.md says where every address and checksum comes from):
+
+1. the DRN authors' file (``model.drn.MODEL_URLS``), checked against the SHA-256 prefix in its name;
+2. the web archive's copy of that same file, at its current address and at the authors' older one;
+3. the imgclsmob model zoo's file: a zip holding one ``.pth``, checked against imgclsmob's SHA-1 of
+   that ``.pth`` and converted to our names on load. These are imgclsmob's own ImageNet training,
+   not the authors' weights: the chain prefers the authors'.
+
+A verified file is written atomically into torch hub's checkpoint folder and found there next time
+without the network; a file that fails its checksum is never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.client import HTTPException
+from typing import BinaryIO
+
+import torch
+from tqdm import tqdm
+
+from model.drn import ARCHS, MODEL_URLS
+from utils.errors import CheckpointError
+
+FETCH_COMMAND = "python -m model.weights fetch"
+ARCHIVE = "https://web.archive.org/web/2019id_/"
+"""The web archive's raw-file address form: this prefix + the original URL returns the archived bytes."""
+AUTHORS_OLD_ROOT = "https://tigress-web.princeton.edu/~fy/drn/models/"
+"""The authors' address before July 2019 (fyu/drn commit 5563327 moved it to dl.yf.io)."""
+IMGCLSMOB_RELEASES = "https://github.com/osmr/imgclsmob/releases/download/"
+
+# From pytorchcv 0.0.74, pytorchcv/models/common/model_metainfos.csv: model, top-5 error in the
+# file name, SHA-1 of the .pth, release tag.
+IMGCLSMOB_FILES: dict[str, tuple[str, str, str, str]] = {
+    "drn_c_26": ("drnc26", "0723", "e7306483781db61f71302eda6769d7d9fd126bf6", "v0.0.508"),
+    "drn_c_42": ("drnc42", "0628", "8817241f62263c6375ff3c17a9d34f42067a114d", "v0.0.556"),
+    "drn_c_58": ("drnc58", "0527", "3f74be98f80db3273ed764ded5bcb5d8bdf0b907", "v0.0.559"),
+    "drn_d_22": ("drnd22", "0758", "02cb44bdea9b05e988e65576f79f5f5c133f2664", "v0.0.498"),
+    "drn_d_38": ("drnd38", "0643", "496f648b8b8427050ad3327077f9a9b7a07fbcc6", "v0.0.552"),
+    "drn_d_54": ("drnd54", "0517", "caa3c85dbdb39397f049da649d196b15704427b3", "v0.0.554"),
+    "drn_d_105": ("drnd105", "0501", "8dc6aa76c16cb1964929adf53183d1e0324ae051", "v0.0.564"),
+}
+
+Opener = Callable[[str, float], BinaryIO]
+"""``opener(url, timeout)`` -> a readable response (``read(n)``; ``headers`` optional); urlopen by default."""
+TIMEOUT = 30.0  # seconds without an answer before a source counts as unreachable
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Source:
+    """One place to get one architecture's weights, and how to check what comes from there."""
+
+    label: str  # who publishes it, for messages
+    url: str
+    file_name: str  # the verified file's name in the cache
+    algorithm: str  # "sha256" or "sha1"
+    digest: str  # the expected hex digest, or its prefix (the authors' names carry 8 hex digits)
+    zipped: bool = False  # a zip holding the one .pth
+
+    def matches(self, hexdigest: str) -> bool:
+        """True when ``hexdigest`` (of the algorithm's kind) is the expected one."""
+        return hexdigest.startswith(self.digest)
+
+
+def sources(arch: str) -> list[Source]:
+    """The chain of sources for ``arch``, in the order tried; empty when no zoo publishes it."""
+    chain: list[Source] = []
+    if arch in MODEL_URLS:
+        url = MODEL_URLS[arch]
+        name = url.rsplit("/", 1)[1]
+        prefix = name.rsplit("-", 1)[1].split(".")[0]  # torch hub: hex after the last '-' starts the SHA-256
+        chain += [Source("the DRN authors", url, name, "sha256", prefix),
+                  Source("the web archive's copy of the authors' file", ARCHIVE + url, name, "sha256", prefix),
+                  Source("the web archive's copy of the authors' file at their older address",
+                         ARCHIVE + AUTHORS_OLD_ROOT + name, name, "sha256", prefix)]
+    if arch in IMGCLSMOB_FILES:
+        model, error, sha1, tag = IMGCLSMOB_FILES[arch]
+        name = f"{model}-{error}-{sha1[:8]}.pth"
+        chain.append(Source("the imgclsmob model zoo, its own ImageNet training",
+                            f"{IMGCLSMOB_RELEASES}{tag}/{name}.zip", name, "sha1", sha1, zipped=True))
+    return chain
+
+
+def published_archs() -> list[str]:
+    """Architectures with at least one source of ImageNet weights."""
+    return [arch for arch in ARCHS if sources(arch)]
+
+
+def default_cache_dir() -> str:
+    """Where downloaded weights are kept: torch hub's checkpoint folder (``$TORCH_HOME/hub/checkpoints``)."""
+    return os.path.join(torch.hub.get_dir(), "checkpoints")
+
+
+def file_digest(path: str, algorithm: str) -> str:
+    """Hex digest of a file's bytes."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _urlopen(url: str, timeout: float) -> BinaryIO:
+    request = urllib.request.Request(url, headers={"User-Agent": "dakd-weights"})
+    return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - addresses from our own table
+
+
+def _reason(err: BaseException) -> str:
+    """A short why for the list of failed sources."""
+    if isinstance(err, urllib.error.HTTPError):
+        return f"HTTP {err.code} {err.reason}"
+    if isinstance(err, urllib.error.URLError):
+        return f"unreachable: {err.reason}"
+    text = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _copy(response: BinaryIO, out: BinaryIO, label: str, progress: bool) -> None:
+    """Copy a response into ``out`` with a progress bar (shown on a terminal only)."""
+    headers = getattr(response, "headers", None)
+    length = headers.get("Content-Length") if headers is not None else None
+    total = int(length) if length and str(length).isdigit() else None
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label, leave=False,
+              disable=None if progress else True, file=sys.stderr) as bar:
+        for chunk in iter(lambda: response.read(_CHUNK), b""):
+            out.write(chunk)
+            bar.update(len(chunk))
+
+
+def _temp_file(folder: str, name: str) -> tuple[int, str]:
+    return tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
+
+
+def _unzip_one_pth(path: str, folder: str, name: str) -> str:
+    """Extract the one ``.pth`` of an imgclsmob zip into a temporary file beside it; returns its path."""
+    with zipfile.ZipFile(path) as archive:
+        members = [m for m in archive.namelist() if m.endswith(".pth")]
+        if len(members) != 1:
+            raise ValueError(f"the zip holds {len(members)} .pth files, expected 1")
+        fd, inner = _temp_file(folder, name)
+        try:
+            with archive.open(members[0]) as src, os.fdopen(fd, "wb") as dst:
+                for chunk in iter(lambda: src.read(_CHUNK), b""):
+                    dst.write(chunk)
+                dst.flush()
+                os.fsync(dst.fileno())
+        except BaseException:
+            os.unlink(inner)
+            raise
+    return inner
+
+
+def download(source: Source, folder: str, opener: Opener | None = None, progress: bool = True) -> str:
+    """Download ``source`` into ``folder`` as ``source.file_name`` if its checksum is right; returns the path.
+
+    The bytes go to a temporary file in ``folder`` (fsynced) and are renamed into place only once
+    verified, so an interrupted or refused download leaves no file behind. Raises ValueError for a
+    wrong checksum or a bad zip, and the opener's errors (URLError, OSError, ...) as they come.
+    """
+    os.makedirs(folder, exist_ok=True)
+    final = os.path.join(folder, source.file_name)
+    fd, part = _temp_file(folder, source.file_name)
+    kept: list[str] = [part]
+    try:
+        with os.fdopen(fd, "wb") as out, (opener or _urlopen)(source.url, TIMEOUT) as response:
+            _copy(response, out, source.file_name, progress)
+            out.flush()
+            os.fsync(out.fileno())
+        if source.zipped:
+            if not zipfile.is_zipfile(part):
+                raise ValueError("not a zip file")
+            kept.append(_unzip_one_pth(part, folder, source.file_name))
+        got = file_digest(kept[-1], source.algorithm)
+        if not source.matches(got):
+            raise ValueError(f"checksum mismatch: {source.algorithm} {got[:16]}..., expected {source.digest}")
+        os.replace(kept[-1], final)
+        kept.pop()
+        _fsync_folder(folder)
+        return final
+    finally:
+        for path in kept:
+            if os.path.exists(path):
+                os.unlink(path)
+
+
+def _fsync_folder(folder: str) -> None:
+    """Make the rename durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def cached(arch: str, cache_dir: str | None = None) -> tuple[str | None, list[str]]:
+    """(path of the first verified cached file of the chain or None, why each cached file was refused)."""
+    folder = cache_dir or default_cache_dir()
+    refused: list[str] = []
+    for source in sources(arch):
+        path = os.path.join(folder, source.file_name)
+        if not os.path.isfile(path):
+            continue
+        got = file_digest(path, source.algorithm)
+        if source.matches(got):
+            return path, refused
+        refused.append(f"{path} (in the cache: {source.algorithm} starts {got[:8]}, expected {source.digest[:8]};"
+                       " not used)")
+    return None, refused
+
+
+def fetch(arch: str, cache_dir: str | None = None, opener: Opener | None = None, progress: bool = True,
+          log: Callable[[str], None] | None = None) -> tuple[str, Source]:
+    """A verified ImageNet weights file for ``arch``: from the cache, else the first source that works.
+
+    Returns (path, source it came from). Raises CheckpointError naming every address tried and why it
+    failed, with how to place a file by hand.
+    """
+    chain = sources(arch)
+    if not chain:
+        raise CheckpointError(f"no published ImageNet weights for {arch}; those exist for "
+                              f"{', '.join(published_archs())} (or pass a file with --pretrained PATH)")
+    folder = cache_dir or default_cache_dir()
+    path, failures = cached(arch, folder)
+    if path is not None:
+        return path, next(s for s in chain if s.file_name == os.path.basename(path))
+    say = log or (lambda text: print(text, file=sys.stderr))
+    for source in chain:
+        try:
+            path = download(source, folder, opener, progress)
+        except (urllib.error.URLError, HTTPException, OSError, ValueError, zipfile.BadZipFile) as err:
+            failures.append(f"{source.url} ({_reason(err)})")
+            continue
+        # Only a success is reported here: when every source fails, the error alone lists them all.
+        tried = f" after {'; '.join(failures)}" if failures else ""
+        say(f"{arch}: {path} downloaded from {source.url} ({source.label}){tried}")
+        return path, source
+    raise CheckpointError(all_failed_message(arch, folder, failures))
+
+
+def all_failed_message(arch: str, folder: str, failures: list[str]) -> str:
+    """The one-line error when no source of ``arch`` gives a verified file."""
+    names = " or ".join(dict.fromkeys(s.file_name for s in sources(arch)))
+    return (f"no ImageNet weights for {arch}: every source failed: {'; '.join(failures)}. "
+            f"On a machine with network run `{FETCH_COMMAND} {arch}` and copy the file it prints to "
+            f"{folder}/ (as {names}), or pass it with --pretrained PATH")
