@@ -150,7 +150,7 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-# Flags keep the old code's names; the attribute names of TrainConfig follow them.
+# Flags are the attribute names of TrainConfig, but for this one (the original code's spelling).
 _RENAMED = {"learning_rate_d": "--learning-rate-D"}
 
 
@@ -176,7 +176,7 @@ def build_parser(defaults: TrainConfig, *, prog: str, description: str, distill:
                    help="initialise the whole net from this checkpoint (our, old-code or ImageNet form)")
     g = p.add_argument_group("data")
     g.add_argument("--source", choices=SOURCES, default=d.source,
-                   help="labelled dataset; 'cityscapes' with both --lambda-adv-target* 0 trains on the "
+                   help="labelled dataset; 'cityscapes' with both --lambda-adv-aux/main 0 trains on the "
                         "target's own labels (the oracle upper bound of domain adaptation papers)")
     g.add_argument("--target", choices=TARGETS, default=d.target)
     g.add_argument("--data-dir", dest="data_dir", default=d.data_dir, help="source dataset root")
@@ -354,8 +354,8 @@ def _check(cfg: TrainConfig, parser: ArgumentParser, distill: bool) -> None:
             w, h = getattr(cfg, name)
             if min(w, h) < MIN_SIZE:
                 parser.error(f"--{name.replace('_', '-')} {w},{h}: the discriminators need at least "
-                             f"{MIN_SIZE}x{MIN_SIZE} (or train without them: --lambda-adv-target1 0 "
-                             "--lambda-adv-target2 0)")
+                             f"{MIN_SIZE}x{MIN_SIZE} (or train without them: --lambda-adv-aux 0 "
+                             "--lambda-adv-main 0)")
 
 
 def run_name(cfg: TrainConfig) -> str:
