@@ -1,4 +1,4 @@
-"""Speed figures of this implementation beside the old code's way, measured in one run.
+"""Speed figures of this implementation beside the original code's way, measured in one run.
 
     python benchmark.py [--size 512,256] [--batch-size 2] [--repeats 5] [--json OUT] [--quick]
 

@@ -13,7 +13,7 @@ from model.drn import ARCHS, build_drn
 from utils.errors import ConfigError
 
 DEFAULT_AUX_LAYER: dict[str, int] = {
-    # The old code tapped level 6 for the DRN-D-22 student and level 7 for the DRN-D-38 teacher.
+    # The original code tapped level 6 for the DRN-D-22 student and level 7 for the DRN-D-38 teacher.
     # The other small nets follow the student (level 6); the larger ones follow the teacher
     # (level 7), which for the bottleneck nets is also the first 512-channel level after the
     # 2048-channel ones, so the aux head stays as small as the main head.

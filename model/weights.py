@@ -4,7 +4,7 @@ Accepted forms (files or URLs; a ``module.`` prefix from DataParallel/DDP is str
 - our final file ``{"format": "dakd-final", "arch", "aux_layer", "num_classes", "state_dict"}``;
 - our training checkpoint ``{"format": "dakd-train", "arch", "aux_layer", "num_classes", "net", ...}``;
 - a raw SegNet state dict (``base.*``, ``seg1.*``, ``seg2.*``);
-- the old code's state dict (the same plus the unused ``up1.weight``/``up2.weight``, ignored);
+- the original code's state dict (the same plus the unused ``up1.weight``/``up2.weight``, ignored);
 - a DRN ImageNet checkpoint (``layer0.*`` ... ``fc.*``), loaded into the backbone, ``fc.*`` ignored;
 - an imgclsmob (``pytorchcv``) DRN ImageNet checkpoint (``features.*``, ``output.*``), as its ``.pth`` or
   as the ``.zip`` holding it, renamed to our names (``model.imgclsmob``) and loaded like the one above.
@@ -44,7 +44,7 @@ from utils.errors import CheckpointError
 
 FINAL_FORMAT = "dakd-final"
 _NET_META = ("arch", "aux_layer", "num_classes")
-# Keys some checkpoints carry that no net of ours uses: the old code's transposed-conv upsamplers
+# Keys some checkpoints carry that no net of ours uses: the original code's transposed-conv upsamplers
 # and the ImageNet classifier of the backbone.
 _UNUSED_KEY = re.compile(r"^(up\d*\.|(base\.)?fc\.)")
 _SHOW = 5  # offending keys listed in an error message
@@ -295,7 +295,7 @@ def infer_arch(state: Mapping[str, Tensor]) -> str | None:
     """The DRN architecture whose backbone has exactly the keys and shapes of `state`'s backbone, or None.
 
     `state` is a SegNet / old-code state dict (``base.*``) or a DRN ImageNet one; for files that do not
-    name their architecture, such as the old code's saved teachers.
+    name their architecture, such as the original code's saved teachers.
     """
     prefix = "base." if any(k.startswith("base.") for k in state) else ""
     found = {k[len(prefix):]: tuple(v.shape) for k, v in state.items()

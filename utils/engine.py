@@ -151,7 +151,7 @@ def build_models(cfg: TrainConfig, device: torch.device):
 
 
 def make_optimizers(cfg: TrainConfig, net: nn.Module, discs):
-    """SGD for the net, Adam for each discriminator (SPEC section 4)."""
+    """SGD for the net, Adam for each discriminator (docs/method.md#training-iteration)."""
     opt = torch.optim.SGD(net.parameters(), lr=cfg.learning_rate, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay)
     d_opts = tuple(torch.optim.Adam(d.parameters(), lr=cfg.learning_rate_d, betas=(0.9, 0.99)) for d in discs)

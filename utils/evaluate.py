@@ -138,7 +138,7 @@ def evaluate(net: nn.Module, loader: Iterable[dict], device: torch.device | str,
     """Score `net` (main head) on every labelled batch of `loader`; one confusion matrix on `device`.
 
     `label_size` names the protocol the loader's labels follow: "full" (labels at the file's
-    size; the output is upsampled bilinearly to it, SPEC 7) or "input" (the old code's labels,
+    size; the output is upsampled bilinearly to it, docs/method.md#evaluation) or "input" (the original code's labels,
     nearest-resized to the input size). `on_batch(batch, preds)` sees each batch and its list of
     (H, W) train-id predictions (fewer than the batch when `limit` cuts it). `channels_last` feeds
     the images in that memory format (convert the net too; with bf16 autocast it helps on the CPU). With `reduce`, every
