@@ -173,7 +173,7 @@ def build_parser(defaults: TrainConfig, *, prog: str, description: str, distill:
                    help="from scratch (--pretrained none): start each residual block as the identity "
                         "(its last BN scale 0); helps deep nets such as DRN-D-38 train from scratch")
     g.add_argument("--restore-from", dest="restore_from", default=d.restore_from,
-                   help="initialise the whole net from this checkpoint (ours, the original code's, or an ImageNet file)")
+                   help="initialise the whole net from this checkpoint (ours, the original code's, an ImageNet file)")
     g = p.add_argument_group("data")
     g.add_argument("--source", choices=SOURCES, default=d.source,
                    help="labelled dataset; 'cityscapes' with both --lambda-adv-aux/main 0 trains on the "
