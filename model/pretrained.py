@@ -31,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from model.drn import ARCHS, MODEL_URLS
+from utils.checkpoint import fsync_folder
 from utils.errors import CheckpointError
 
 FETCH_COMMAND = "python -m model.weights fetch"
@@ -187,26 +188,12 @@ def download(source: Source, folder: str, opener: Opener | None = None, progress
             raise ValueError(f"checksum mismatch: {source.algorithm} {got[:16]}..., expected {source.digest}")
         os.replace(kept[-1], final)
         kept.pop()
-        _fsync_folder(folder)
+        fsync_folder(folder)
         return final
     finally:
         for path in kept:
             if os.path.exists(path):
                 os.unlink(path)
-
-
-def _fsync_folder(folder: str) -> None:
-    """Make the rename durable (POSIX); a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def cached(arch: str, cache_dir: str | None = None) -> tuple[str | None, list[str]]:

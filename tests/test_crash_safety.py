@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import train_gta2cs_multi_drnd22 as student_script
-import utils.steps
+import utils.objective
 from tests.conftest import REPO, tiny_train_args
 from utils.checkpoint import load_training_state, save_training_state
 from utils.cli import run_cli
@@ -102,8 +102,8 @@ def test_signal_saves_the_current_step_and_resume_continues(synthetic_root, tmp_
 
 
 def _poison_seg_loss(monkeypatch, bad_call: int, value: float) -> None:
-    """Make the `bad_call`-th seg_loss call of the step function return `value` (steps call it aux, main)."""
-    real = utils.steps.seg_loss
+    """Make the `bad_call`-th seg_loss call of the objective return `value` (each step calls it main, aux)."""
+    real = utils.objective.seg_loss
     calls = {"n": 0}
 
     def seg_loss(*args, **kwargs):
@@ -111,24 +111,24 @@ def _poison_seg_loss(monkeypatch, bad_call: int, value: float) -> None:
         loss = real(*args, **kwargs)
         return loss * value if calls["n"] == bad_call else loss
 
-    monkeypatch.setattr(utils.steps, "seg_loss", seg_loss)
+    monkeypatch.setattr(utils.objective, "seg_loss", seg_loss)
 
 
 def test_nonfinite_loss_stops_naming_step_and_term_and_keeps_last_good(synthetic_root, tmp_path, monkeypatch,
                                                                        capsys):
-    _poison_seg_loss(monkeypatch, bad_call=3, value=float("nan"))  # step 2, aux head
+    _poison_seg_loss(monkeypatch, bad_call=4, value=float("nan"))  # step 2, aux head
     out = tmp_path / "run"
     args = [*tiny_train_args(synthetic_root, out, steps=3), *SMALL, "--save-pred-every", "1"]
     status = run_cli(student_script.main, args)
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1
-    assert "'seg_aux'" in err[0] and "step 2" in err[0] and "nan" in err[0]
+    assert "'seg_aux_src'" in err[0] and "step 2" in err[0] and "nan" in err[0]
     assert load_training_state(out / "last.pth")["step"] == 1
     assert not (out / "final.pth").exists()
 
 
 def test_skip_nonfinite_tolerates_bad_steps_without_applying_them(synthetic_root, tmp_path, monkeypatch):
-    _poison_seg_loss(monkeypatch, bad_call=3, value=float("inf"))  # step 2, aux head
+    _poison_seg_loss(monkeypatch, bad_call=4, value=float("inf"))  # step 2, aux head
     out = tmp_path / "run"
     assert student_script.main([*tiny_train_args(synthetic_root, out, steps=2), *SMALL, "--skip-nonfinite", "1"]) == 0
     state = load_training_state(out / "last.pth")

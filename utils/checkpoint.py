@@ -32,11 +32,12 @@ def atomic_save(obj: object, path: str | os.PathLike) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_folder(path.parent)
     return path
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_folder(folder: str | os.PathLike) -> None:
+    """Make a rename inside `folder` durable (POSIX); a no-op where folders cannot be opened."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
