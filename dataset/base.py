@@ -180,7 +180,7 @@ class SegmentationDataset(Dataset):
                                f"{root / layout.label_rel(f)}: {describe_gap(img, lab)}; fix it or leave the "
                                f"frame out with --exclude")
         if off:
-            shown = [f"{layout.stem(f)} ({describe_gap(img, lab)})" for f, img, lab in off[:2]]
+            shown = [f"{layout.stem(f)}: {describe_gap(img, lab)}" for f, img, lab in off[:2]]
             self._warn("resized", f"{len(off)} of {len(self.files)} {layout.name} images in {root} differ in "
                                   f"size from their label by at most {100 * tolerance:g} %; each is resized to "
                                   f"the input size on its own, the label nearest (first: {'; '.join(shown)}"
