@@ -64,7 +64,10 @@ def get_parser() -> ArgumentParser:
     p.add_argument("--restore-from", required=True, help="checkpoint (final.pth, last.pth, old state dict, URL)")
     p.add_argument("--data-dir", default=DATA_DIRECTORY, help="dataset root")
     p.add_argument("--data-list", default=DATA_LIST_PATH, help="list of relative image paths (default: scan)")
-    p.add_argument("--dataset", choices=EVAL_DATASETS, default=DATASET, help="dataset layout")
+    p.add_argument("--dataset", choices=EVAL_DATASETS, default=DATASET,
+                   help="dataset (bdd: today's bdd100k/ or the 2018 seg/ layout, recognised under --data-dir)")
+    p.add_argument("--exclude", default=None, metavar="FILE",
+                   help="leave out the frames named in FILE (one name, stem or image path per line)")
     p.add_argument("--split", default=SPLIT, help="split to evaluate")
     p.add_argument("--input-size", type=size_arg, default=size_arg(INPUT_SIZE), help="W,H fed to the net")
     p.add_argument("--label-size", choices=LABEL_SIZES, default=LABEL_SIZE,
@@ -196,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     device = resolve_device(args.device)
     args.device = device
     dataset = build_dataset(args.dataset, args.data_dir, args.split, list_path=args.data_list,
-                            size=args.input_size, labels=True, label_size=args.label_size)
+                            size=args.input_size, labels=True, label_size=args.label_size, exclude=args.exclude)
     net = load_net(args.restore_from, arch=args.arch, allow_pickle=args.allow_pickle, device=device)
     if args.fold_bn:
         net = fold_batchnorm(net)
@@ -209,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     subset = dataset if args.limit is None else Subset(dataset, range(min(args.limit, len(dataset))))
     loader = DataLoader(subset, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers,
                         collate_fn=eval_collate, pin_memory=device.type == "cuda")
-    writer = PredictionWriter(args.save_pred, args.dataset) if args.save_pred else None
+    writer = PredictionWriter(args.save_pred, args.dataset, layout=dataset.layout) if args.save_pred else None
     if writer and args.label_size == "input":
         print("eval_cs.py: note: --label-size input saves predictions at the input size; the official "
               "evaluator needs them at the label's full size (the default --label-size full)", file=sys.stderr)

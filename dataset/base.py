@@ -12,6 +12,16 @@ from dataset.decode import read_image, read_label
 from dataset.labels import IGNORE_LABEL
 from dataset.layouts import Layout
 from dataset.lut import LabelLUT, undefined_ids
+from dataset.quirks import (
+    describe_gap,
+    drop_excluded,
+    first_names,
+    header_size,
+    parallel_map,
+    read_names,
+    size_gap,
+    warn_once,
+)
 from dataset.transforms import EvalTransform
 from utils.errors import DatasetError
 
@@ -73,11 +83,18 @@ class SegmentationDataset(Dataset):
     `label_lut` maps the label values of the layout to train ids. It runs after the resize and crop, on
     the pixels the item keeps: nearest resizing, cropping and mirroring only pick pixels, and the
     padding value 255 maps to itself, so this equals mapping the whole file first, with less work.
+
+    Quirks of real downloads (docs/data.md): frames named in the `exclude` file are left out; a
+    layout with `skip_unlabelled` (GTA5) leaves out scanned images without a label (a listed one is
+    an error); a layout with a `size_tolerance` (GTA5) checks every pair's size from the file headers
+    at start-up, refuses pairs further apart than that, and resizes the others image and label each
+    to the input size (the label nearest). With `label_size="full"` such a label keeps its own size
+    and predictions are made at it. Each quirk is said once per process (`dataset.quirks.warn_once`).
     """
 
     def __init__(self, layout: Layout, root: str | Path, split: str, transform: EvalTransform, *,
                  list_path: str | Path | None = None, labels: bool = True,
-                 max_iters: int | None = None) -> None:
+                 max_iters: int | None = None, exclude: str | Path | None = None) -> None:
         self.layout = layout
         self.root = Path(root)
         self.split = split
@@ -89,7 +106,11 @@ class SegmentationDataset(Dataset):
         if self.label_lut.table[IGNORE_LABEL] != IGNORE_LABEL:  # padding must map to itself
             raise ValueError(f"the {layout.name} table must map {IGNORE_LABEL} to itself")
         self.files = self._find_files(list_path)
-        self._check_exist()
+        if exclude is not None:
+            self._exclude(exclude)
+        self._check_exist(listed=list_path is not None)
+        if labels and layout.size_tolerance > 0:
+            self._check_sizes()
         self.num_unique = len(self.files)
         if max_iters is not None:
             if max_iters <= 0:
@@ -108,16 +129,62 @@ class SegmentationDataset(Dataset):
             return files
         return scan_split(layout, root, self.split)
 
-    def _check_exist(self) -> None:
+    def _warn(self, kind: str, message: str) -> None:
+        warn_once((kind, self.layout.name, str(self.root.absolute()), self.split), message)
+
+    def _exclude(self, exclude: str | Path) -> None:
+        kept, dropped, unmatched = drop_excluded(self.files, read_names(exclude), self.layout.stem)
+        if not kept:
+            raise DatasetError(f"--exclude {exclude}: leaves no {self.layout.name} image of {self.root} "
+                               f"({len(dropped)} excluded)")
+        if unmatched:
+            self._warn("exclude", f"{len(unmatched)} entries of {exclude} match no {self.layout.name} frame "
+                                  f"of {self.root} (first: {first_names(unmatched)})")
+        self.files = kept
+
+    def _check_exist(self, listed: bool) -> None:
         root, layout = self.root, self.layout
         missing = [f for f in self.files if not (root / f).is_file()]
         if missing:
             raise _missing_error("images are", layout, root, missing, len(self.files))
-        if self.labels:
-            label_paths = [layout.label_rel(f) for f in self.files]
-            missing = [p for p in label_paths if not (root / p).is_file()]
-            if missing:
-                raise _missing_error("labels are", layout, root, missing, len(self.files))
+        if not self.labels:
+            return
+        missing = [f for f in self.files if not (root / layout.label_rel(f)).is_file()]
+        if not missing:
+            return
+        if listed or not layout.skip_unlabelled or len(missing) == len(self.files):
+            raise _missing_error("labels are", layout, root, [layout.label_rel(f) for f in missing],
+                                 len(self.files))
+        self._warn("unlabelled", f"{len(missing)} of {len(self.files)} {layout.name} images in {root} have no "
+                                 f"label and are left out (first: {first_names(missing)})")
+        gone = set(missing)
+        self.files = [f for f in self.files if f not in gone]
+
+    def _check_sizes(self) -> None:
+        """Read every pair's size from the headers: refuse pairs too far apart, say once which are resized."""
+        root, layout = self.root, self.layout
+        paths = [(root / f, root / layout.label_rel(f)) for f in self.files]
+        sizes = parallel_map(lambda pair: (header_size(pair[0]), header_size(pair[1], "label")), paths)
+        for result in sizes:
+            if isinstance(result, DatasetError):
+                raise result
+            if isinstance(result, Exception):
+                raise DatasetError(str(result)) from result
+        off = [(f, img, lab) for f, (img, lab) in zip(self.files, sizes) if img != lab]
+        tolerance = layout.size_tolerance
+        refused = [item for item in off if size_gap(item[1], item[2]) > tolerance]
+        if refused:
+            f, img, lab = refused[0]
+            raise DatasetError(f"{len(refused)} {layout.name} labels differ from their image by more than "
+                               f"{100 * tolerance:g} % in a side (another aspect ratio or a wrong file): "
+                               f"{root / layout.label_rel(f)}: {describe_gap(img, lab)}; fix it or leave the "
+                               f"frame out with --exclude")
+        if off:
+            shown = [f"{layout.stem(f)}: {describe_gap(img, lab)}" for f, img, lab in off[:2]]
+            self._warn("resized", f"{len(off)} of {len(self.files)} {layout.name} images in {root} differ in "
+                                  f"size from their label by at most {100 * tolerance:g} %; each is resized to "
+                                  f"the input size on its own, the label nearest (first: {'; '.join(shown)}"
+                                  f"{'; ...' if len(off) > 2 else ''})")
 
     def __len__(self) -> int:
         return len(self.files)
@@ -141,14 +208,16 @@ class SegmentationDataset(Dataset):
 
     def load_raw(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """uint8 image (3,H,W) and uint8 label (H,W) of item `index` as on disk (label ids, not yet train
-        ids; None if labels=False); a label holding an id the layout does not define is refused."""
+        ids; None if labels=False); a label holding an id the layout does not define is refused, and so is one
+        whose size differs from the image's by more than the layout's `size_tolerance`."""
         image_path = self.image_path(index)
         image = read_image(image_path)
         if not self.labels:
             return image, None
         label_path = self.label_path(index)
         raw = read_label(label_path)
-        if tuple(raw.shape) != tuple(image.shape[-2:]):
+        image_wh, label_wh = (image.shape[-1], image.shape[-2]), (raw.shape[-1], raw.shape[-2])
+        if image_wh != label_wh and size_gap(image_wh, label_wh) > self.layout.size_tolerance:
             raise DatasetError(f"image {image_path} is {image.shape[-1]}x{image.shape[-2]} but its label "
                                f"{label_path} is {raw.shape[-1]}x{raw.shape[-2]} (W x H)")
         undefined = undefined_ids(raw, self.layout.max_id)

@@ -1,6 +1,7 @@
 """Synthetic driving-scene benchmark in the real GTA5, Cityscapes and BDD100K layouts.
 
     python -m dataset.synthetic --out DIR [--num-train 200] [--num-val 50] [--size 128,64] [--seed 0]
+                                [--quirks] [--bdd-layout 2018|10k]
 
 writes DIR/gta5 (source: train frames only, like the real GTA5), DIR/cityscapes and DIR/bdd (targets:
 train and val). The three domains share the scene model (road below, sky above, object shapes) but
@@ -12,7 +13,10 @@ differ systematically in look and camera:
   more persons, riders and trees, fewer trucks. 2:1 frames at --size.
 - bdd: darker and warmer (dusk dashcam), another per-class shift table, gamma, vignetting, JPEG
   artefacts; lower horizon (50 %), a large ego hood (ignored); many cars. 16:9 frames.
-Same seed -> identical files.
+Same seed -> identical files. `--quirks` turns a few GTA5 frames into the real download's quirks
+(`dataset.synth_quirks`); `--bdd-layout 10k` writes BDD in today's layout, DIR/bdd/bdd100k/images/10k/
+and DIR/bdd/bdd100k/labels/sem_seg/masks/ (default 2018: DIR/bdd holds the seg/ folder's images/ and
+labels/), with the same frames either way.
 """
 from __future__ import annotations
 
@@ -28,7 +32,9 @@ from PIL import Image
 from scipy import ndimage
 
 from dataset.labels import IGNORE_LABEL, NUM_CLASSES, PALETTE, TRAIN_ID_TO_LABEL_ID
+from dataset.layouts import BDD, BDD_10K
 from dataset.synth_canvas import EGO
+from dataset.synth_quirks import MIN_FRAMES, add_gta5_quirks
 from dataset.synth_scene import SceneParams, draw_scene
 from utils.cli import ArgumentParser, check_output, non_negative_int, positive_int, run_cli, size_arg
 from utils.errors import ConfigError
@@ -41,6 +47,7 @@ DOMAINS = ("gta5", "cityscapes", "bdd")
 TRAIN_CITIES = ("aachen", "bochum", "bremen", "cologne", "darmstadt")
 VAL_CITIES = ("frankfurt", "lindau", "munster")
 EGO_LABEL_ID = 1  # Cityscapes "ego vehicle"
+BDD_WRITE_LAYOUTS = {"2018": (BDD, "."), "10k": (BDD_10K, "bdd100k")}  # layout, folder below DIR/bdd
 
 
 @dataclass(frozen=True)
@@ -179,8 +186,10 @@ def _bdd_names(seed: int, count: int, split: str) -> list[str]:
     return names
 
 
-def write_domain(out: Path, domain: str, split: str, count: int, size: tuple[int, int], seed: int) -> None:
-    """Write `count` frames of one domain and split under `out` in that dataset's real layout."""
+def write_domain(out: Path, domain: str, split: str, count: int, size: tuple[int, int], seed: int,
+                 bdd_layout: str = "2018") -> None:
+    """Write `count` frames of one domain and split under `out` in that dataset's real layout
+    (BDD: `bdd_layout`, a key of `BDD_WRITE_LAYOUTS`)."""
     names = _bdd_names(seed, count, split) if domain == "bdd" else []
     cities = TRAIN_CITIES if split == "train" else VAL_CITIES
     for i in range(count):
@@ -194,24 +203,34 @@ def write_domain(out: Path, domain: str, split: str, count: int, size: tuple[int
             _save_png(image, out / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png")
             _save_png(label_ids(labels), out / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png")
         else:
-            _save_jpeg(image, out / "images" / split / f"{names[i]}.jpg", STYLES["bdd"].jpeg)
-            _save_png(bdd_train_ids(labels), out / "labels" / split / f"{names[i]}_train_id.png")
+            layout, sub = BDD_WRITE_LAYOUTS[bdd_layout]
+            image_rel = f"{layout.split_dir(split)}/{names[i]}.jpg"
+            _save_jpeg(image, out / sub / image_rel, STYLES["bdd"].jpeg)
+            _save_png(bdd_train_ids(labels), out / sub / layout.label_rel(image_rel))
 
 
 def generate(out: str | Path, num_train: int = DEFAULT_NUM_TRAIN, num_val: int = DEFAULT_NUM_VAL,
              size: tuple[int, int] = DEFAULT_SIZE, seed: int = DEFAULT_SEED,
-             domains: Sequence[str] = DOMAINS) -> dict[str, int]:
+             domains: Sequence[str] = DOMAINS, *, quirks: bool = False,
+             bdd_layout: str = "2018") -> dict[str, int]:
     """Write the benchmark under `out`/{gta5,cityscapes,bdd}; returns frames written per domain.
 
     GTA5 gets `num_train` frames (it has no official split); Cityscapes and BDD get `num_train`
-    train and `num_val` val frames.
+    train and `num_val` val frames. `quirks`: GTA5 gets the download's quirks (`dataset.synth_quirks`);
+    `bdd_layout`: "2018" or "10k" (today's download).
     """
+    if quirks and "gta5" in domains and num_train < MIN_FRAMES:
+        raise ConfigError(f"--quirks needs --num-train {MIN_FRAMES} or more (got {num_train})")
+    if bdd_layout not in BDD_WRITE_LAYOUTS:
+        raise ConfigError(f"--bdd-layout: expected one of {', '.join(BDD_WRITE_LAYOUTS)}, got {bdd_layout!r}")
     out = Path(out)
     written = {}
     for domain in domains:
         splits = (("train", num_train),) if domain == "gta5" else (("train", num_train), ("val", num_val))
         for split, count in splits:
-            write_domain(out / domain, domain, split, count, size, seed)
+            write_domain(out / domain, domain, split, count, size, seed, bdd_layout)
+        if quirks and domain == "gta5":
+            add_gta5_quirks(out / domain, num_train)
         written[domain] = sum(count for _, count in splits)
     return written
 
@@ -230,6 +249,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed (default %(default)s)")
     parser.add_argument("--domains", nargs="+", choices=DOMAINS, default=list(DOMAINS),
                         help="domains to write (default: all three)")
+    parser.add_argument("--quirks", action="store_true",
+                        help="give GTA5 the real download's quirks: labels a few pixels off, a label of another "
+                             "aspect ratio, a blank image, an image without label, a label without image")
+    parser.add_argument("--bdd-layout", choices=sorted(BDD_WRITE_LAYOUTS), default="2018",
+                        help="BDD100K layout: 2018 (seg/ folder) or 10k (today's bdd100k/ download)")
     args = parser.parse_args(argv)
     check_output(args.out, "--out", folder=True)
     taken = [d for d in args.domains if (Path(args.out) / d).is_dir() and any((Path(args.out) / d).iterdir())]
@@ -238,7 +262,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                           "folder or delete it")
     start = time.perf_counter()
     try:
-        written = generate(args.out, args.num_train, args.num_val, args.size, args.seed, args.domains)
+        written = generate(args.out, args.num_train, args.num_val, args.size, args.seed, args.domains,
+                           quirks=args.quirks, bdd_layout=args.bdd_layout)
     except OSError as err:
         raise ConfigError(f"--out {args.out}: cannot write there ({err.strerror or err})") from err
     seconds = time.perf_counter() - start

@@ -127,10 +127,12 @@ def test_missing_split_folder_is_reported(root):
 
 
 def test_missing_label_reports_count_and_first_path(copy):
-    folder = copy("gta5")
-    (folder / "labels" / "00002.png").unlink()
-    with pytest.raises(DatasetError, match=r"1 of 4 listed gta5 labels are missing .*first: labels/00002\.png"):
-        build_dataset("gta5", folder, "train")
+    folder = copy("cityscapes")  # GTA5 skips a scanned image without label: tests/test_dataset_quirks.py
+    label = next((folder / "gtFine" / "val").rglob("*_labelIds.png"))
+    label.unlink()
+    with pytest.raises(DatasetError, match=rf"1 of 3 listed cityscapes labels are missing .*first: "
+                                           rf"gtFine/val/.*/{label.name}"):
+        build_dataset("cityscapes", folder, "val")
 
 
 def test_empty_list_is_reported(root, tmp_path):
@@ -148,11 +150,19 @@ def test_listed_image_that_does_not_exist_is_reported(root, tmp_path):
 
 
 def test_corrupt_png_names_the_file(copy):
-    folder = copy("gta5")
+    folder = copy("cityscapes")
+    image = next((folder / "leftImg8bit" / "val").rglob("*.png"))
+    image.write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    ds = build_dataset("cityscapes", folder, "val", size=(32, 16))
+    with pytest.raises(DatasetError, match=rf"cannot read image .*{image.name}: corrupt"):
+        ds[ds.files.index(image.relative_to(folder).as_posix())]
+
+
+def test_gta5_header_that_cannot_be_read_is_refused_at_start_up(copy):
+    folder = copy("gta5")  # GTA5 reads every pair's header when the dataset is built
     (folder / "images" / "00001.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
-    ds = build_dataset("gta5", folder, "train", size=(32, 16))
     with pytest.raises(DatasetError, match=r"cannot read image .*00001\.png: corrupt"):
-        ds[0]
+        build_dataset("gta5", folder, "train", size=(32, 16))
 
 
 def test_image_and_label_of_different_sizes_are_reported(copy):

@@ -46,6 +46,7 @@ class TrainConfig:
     target: str = "cityscapes"
     data_dir: str = "data/gta5"
     data_list: Optional[str] = None
+    exclude: Optional[str] = None  # source frames to leave out, one per line (dataset.quirks.drop_excluded)
     data_dir_target: str = "data/cityscapes"
     data_list_target: Optional[str] = None
     source_split: str = "train"
@@ -182,6 +183,9 @@ def build_parser(defaults: TrainConfig, *, prog: str, description: str, distill:
     g.add_argument("--data-dir", dest="data_dir", default=d.data_dir, help="source dataset root")
     g.add_argument("--data-list", dest="data_list", default=d.data_list,
                    help="source list file (default: scan the root)")
+    g.add_argument("--exclude", dest="exclude", default=d.exclude, metavar="FILE",
+                   help="leave out the source frames named in FILE, one name, stem or image path per line "
+                        "(e.g. GTA5's blank 15188 and 17705; docs/data.md)")
     g.add_argument("--data-dir-target", dest="data_dir_target", default=d.data_dir_target)
     g.add_argument("--data-list-target", dest="data_list_target", default=d.data_list_target)
     g.add_argument("--source-split", dest="source_split", default=d.source_split)
@@ -265,7 +269,7 @@ RESUME_MAY_CHANGE = frozenset({
     "eval_size",
 })
 # Paths saved in the run's settings, made absolute when a run starts so that a resume works from anywhere.
-SAVED_PATHS = ("data_dir", "data_list", "data_dir_target", "data_list_target", "teacher")
+SAVED_PATHS = ("data_dir", "data_list", "data_dir_target", "data_list_target", "teacher", "exclude")
 
 
 def add_knob_flag(group: argparse._ActionsContainer, knob, default) -> None:

@@ -100,7 +100,7 @@ def build_datasets(cfg: TrainConfig, info: DistInfo, need_target: bool):
     """The source and (when `need_target`) target datasets; `DatasetError`/`ConfigError` before any training."""
     source = build_dataset(cfg.source, cfg.data_dir, cfg.source_split, list_path=cfg.data_list,
                            size=cfg.input_size, labels=True, random_mirror=cfg.random_mirror,
-                           random_scale=cfg.random_scale)
+                           random_scale=cfg.random_scale, exclude=cfg.exclude)
     if len(source) < cfg.batch_size * info.world_size:
         raise ConfigError(f"--batch-size {cfg.batch_size}: the source list has only {len(source)} images")
     if not need_target:

@@ -6,7 +6,8 @@ Layout of a prediction folder DIR (what `eval_cs.py --save-pred DIR` writes):
   label's full size, named so that the official evaluator (which matches `CITY_SEQ_FRAME*.png`
   anywhere below `CITYSCAPES_RESULTS`) finds exactly one file per ground truth: point it at
   `DIR/labelIds`, not at DIR, because the colour maps and overlays share the name prefix.
-- `DIR/trainIds/NAME_train_id.png` (BDD100K): train ids, 255 = ignore, as the BDD labels.
+- `DIR/trainIds/NAME_train_id.png` (BDD100K, 2018 layout) or `DIR/trainIds/NAME.png` (today's layout):
+  train ids, 255 = ignore, named as the ground-truth label of the layout the images came from.
 - `DIR/color/<stem>.png`: the prediction in the Cityscapes palette (Cityscapes: `CITY/CITY_SEQ_FRAME_leftImg8bit`,
   BDD: `NAME`, other inputs: the relative path without extension).
 - `DIR/overlay/<stem>.png`: the colour map blended over the input image.
@@ -24,6 +25,7 @@ import torch
 from PIL import Image
 
 from dataset.labels import TRAIN_ID_TO_LABEL_ID, colorize
+from dataset.layouts import BDD, Layout
 from utils.errors import DatasetError
 
 # CITY_SEQ_FRAME_...: the official scripts split the file name on "_", so a city holds no "_".
@@ -63,17 +65,19 @@ def cityscapes_result_name(name: str) -> str:
     return f"{city}/{city}_{seq}_{frame}_leftImg8bit.png"
 
 
-def bdd_result_name(name: str) -> str:
-    """Relative path of the train-id PNG for a BDD100K image `name` (`NAME.jpg` -> `NAME_train_id.png`)."""
-    return f"{safe_stem(name).name}_train_id.png"
+def bdd_result_name(name: str, label_suffix: str = BDD.label_suffix) -> str:
+    """Relative path of the train-id PNG for a BDD100K image `name`, named as its label: `NAME.jpg` ->
+    `NAME_train_id.png` (2018 layout) or, with `label_suffix=".png"` (today's layout), `NAME.png`."""
+    return f"{safe_stem(name).name}{label_suffix}"
 
 
-def result_name(name: str, dataset: str) -> str:
-    """Relative path, below `DIR/RESULT_DIRS[dataset]`, of the result PNG for image `name`."""
+def result_name(name: str, dataset: str, label_suffix: str = BDD.label_suffix) -> str:
+    """Relative path, below `DIR/RESULT_DIRS[dataset]`, of the result PNG for image `name` (BDD: named
+    with the layout's `label_suffix`)."""
     if dataset == "cityscapes":
         return cityscapes_result_name(name)
     if dataset == "bdd":
-        return bdd_result_name(name)
+        return bdd_result_name(name, label_suffix)
     raise ValueError(f"no result format for dataset {dataset!r} (expected one of {sorted(RESULT_DIRS)})")
 
 
@@ -125,10 +129,14 @@ def save_overlay(image: np.ndarray, train_ids: torch.Tensor | np.ndarray, path: 
 
 
 class PredictionWriter:
-    """Writes every prediction of a run into one folder (layout in the module docstring)."""
+    """Writes every prediction of a run into one folder (layout in the module docstring).
+
+    `layout`: the dataset layout the images came from (BDD100K's two layouts name labels differently);
+    default the 2018 BDD layout's names.
+    """
 
     def __init__(self, out_dir: str | Path, dataset: str | None = "cityscapes", *, alpha: float = 0.5,
-                 color: bool = True, overlays: bool = True) -> None:
+                 color: bool = True, overlays: bool = True, layout: Layout | None = None) -> None:
         if dataset is not None and dataset not in RESULT_DIRS:
             raise ValueError(f"no result format for dataset {dataset!r} (expected one of {sorted(RESULT_DIRS)})")
         self.out_dir = Path(out_dir)
@@ -136,6 +144,7 @@ class PredictionWriter:
         self.alpha = alpha
         self.color = color
         self.overlays = overlays
+        self.label_suffix = layout.label_suffix if layout is not None and layout.name == "bdd" else BDD.label_suffix
         self.entries: list[dict] = []
         self._stems: set[str] = set()
 
@@ -163,7 +172,7 @@ class PredictionWriter:
         self._stems.add(stem)
         entry: dict = {"name": name, **extra}
         if self.dataset is not None:
-            path = self.result_dir / result_name(name, self.dataset)
+            path = self.result_dir / result_name(name, self.dataset, self.label_suffix)
             if self.dataset == "cityscapes":
                 save_label_ids(ids, path)
             else:
