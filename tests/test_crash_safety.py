@@ -3,8 +3,6 @@ a NaN/Inf loss stops the run naming the step and the term, with the last good ch
 from __future__ import annotations
 
 import json
-import os
-import random
 import signal
 import subprocess
 import sys
@@ -16,9 +14,11 @@ import torch
 
 import train_gta2cs_multi_drnd22 as student_script
 import utils.objective
+from tests.ckpt_writer import state_for
 from tests.conftest import REPO, tiny_train_args
 from utils.checkpoint import load_training_state, save_training_state
 from utils.cli import run_cli
+from utils.errors import CheckpointError
 
 # the smallest input the discriminators take (5 stride-2 convs), one image per batch: fast on 2 cores
 SMALL = ["--input-size", "32,32", "--input-size-target", "32,32", "--batch-size", "1"]
@@ -36,34 +36,95 @@ def test_keep_last_keeps_the_last_k_step_files_and_last_is_the_newest(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
 
 
-@pytest.mark.parametrize("keep_last", [1, 3])
-def test_sigkill_while_saving_always_leaves_a_loadable_last_pth(tmp_path, keep_last):
-    writer = subprocess.Popen([sys.executable, str(REPO / "tests" / "ckpt_writer.py"), str(tmp_path),
-                               str(keep_last)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    rng = random.Random(keep_last)
-    steps = []
-    try:
-        for round_ in range(10):
-            writer.stdin.write(f"go {round_}\n")
-            writer.stdin.flush()
-            pid = int(writer.stdout.readline())
-            time.sleep(0.05 + 0.25 * rng.random())
-            os.kill(pid, signal.SIGKILL)
-            writer.stdin.write(f"reap {pid}\n")
-            writer.stdin.flush()
-            assert int(writer.stdout.readline()) == -signal.SIGKILL
-            if not (tmp_path / "last.pth").exists():
-                assert round_ == 0  # killed before its first save completed
-                continue
-            state = load_training_state(tmp_path / "last.pth")
-            values = {float(t.unique()) for t in state["net"].values() if t.numel()}
-            assert values == {float(state["step"])}, "a torn checkpoint"
-            steps.append(state["step"])
-            assert len(_step_files(tmp_path)) <= keep_last + 1  # at most one not yet pruned
-    finally:
-        writer.stdin.close()
-        writer.wait(timeout=30)
-    assert len(steps) >= 8 and steps == sorted(steps)
+@pytest.fixture(scope="module")
+def save_and_die():
+    """`save_and_die(**request)`: one save by tests/ckpt_writer.py in a forked child; returns its exit status."""
+    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "ckpt_writer.py")], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+
+    def run(**request) -> int:
+        proc.stdin.write(json.dumps(request) + "\n")
+        proc.stdin.flush()
+        return json.loads(proc.stdout.readline())["status"]
+
+    yield run
+    proc.stdin.close()
+    proc.wait(timeout=30)
+
+
+# keep_last, saves before the one that dies, hard links; and the disk calls of that save, in order
+# (temporary names with their random part as *)
+SAVES = {
+    "keep1": (1, 1, True, ["save .last.pth.*.tmp", "fsync .last.pth.*.tmp", "replace .last.pth.*.tmp -> last.pth",
+                           "fsync ."]),
+    "keep1-first-save": (1, 0, True, ["save .last.pth.*.tmp", "fsync .last.pth.*.tmp",
+                                      "replace .last.pth.*.tmp -> last.pth", "fsync ."]),
+    "keep3": (3, 3, True, ["save .step_0000004.pth.*.tmp", "fsync .step_0000004.pth.*.tmp",
+                           "replace .step_0000004.pth.*.tmp -> step_0000004.pth", "fsync .",
+                           "link step_0000004.pth -> .last.pth.*.link", "replace .last.pth.*.link -> last.pth",
+                           "unlink step_0000001.pth"]),
+    "keep3-no-hard-links": (3, 3, False, ["save .step_0000004.pth.*.tmp", "fsync .step_0000004.pth.*.tmp",
+                                          "replace .step_0000004.pth.*.tmp -> step_0000004.pth", "fsync .",
+                                          "link step_0000004.pth -> .last.pth.*.link", "save .last.pth.*.tmp",
+                                          "fsync .last.pth.*.tmp", "replace .last.pth.*.tmp -> last.pth", "fsync .",
+                                          "unlink step_0000001.pth"]),
+}
+
+
+def _assert_whole(path: Path, step: int | None = None) -> int:
+    """`path` loads as a training state whose tensors all hold its own step (not torn, not mixed); its step."""
+    state = load_training_state(path)
+    assert sorted(state["net"]) == ["w0", "w1", "w2", "w3"]
+    assert {float(t.unique()) for t in state["net"].values()} == {float(state["step"])}, f"{path.name} is torn"
+    assert step is None or state["step"] == step
+    return state["step"]
+
+
+@pytest.mark.parametrize("case", list(SAVES))
+def test_save_makes_its_disk_calls_in_the_crash_safe_order(tmp_path, save_and_die, case):
+    keep_last, prior, links, calls = SAVES[case]
+    record = tmp_path / "calls.json"
+    assert save_and_die(folder=str(tmp_path / "run"), keep_last=keep_last, prior=prior, no_link=not links,
+                        kill=None, record=str(record)) == 0
+    assert json.loads(record.read_text()) == calls  # each file fsync'd before it is renamed into place
+    _assert_whole(tmp_path / "run" / "last.pth", prior + 1)
+
+
+@pytest.mark.parametrize("case", list(SAVES))
+def test_sigkill_at_every_point_of_a_save_leaves_the_previous_or_the_new_last_pth(tmp_path, save_and_die, case):
+    keep_last, prior, links, calls = SAVES[case]
+    new = prior + 1
+    # last.pth names the new state once the rename onto it has returned
+    switch = next(i for i, call in enumerate(calls) if call.startswith("replace") and call.endswith("-> last.pth"))
+    points = [(i, when) for i, call in enumerate(calls)
+              for when in ("before", "during", "after") if when != "during" or call.startswith("save")]
+    for index, when in points:
+        folder = tmp_path / f"{index}-{when}"
+        status = save_and_die(folder=str(folder), keep_last=keep_last, prior=prior, no_link=not links,
+                              kill=[index, when], record=None)
+        point = f"killed {when} {calls[index]!r}"
+        assert status == -signal.SIGKILL, point
+        expected = new if index > switch or (index == switch and when == "after") else prior
+        if expected == 0:  # the first save died before last.pth existed: --resume says so
+            assert not (folder / "last.pth").exists(), point
+        else:
+            assert _assert_whole(folder / "last.pth") == expected, point
+        steps = _step_files(folder)
+        for name in steps:
+            _assert_whole(folder / name)
+        assert len(steps) <= (0 if keep_last == 1 else keep_last + 1), point  # one old file not yet pruned
+        if when == "during":  # the torn bytes are on disk, under a hidden temporary name
+            torn = [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+            assert len(torn) == 1 and torn[0].stat().st_size > 0, point
+            with pytest.raises(CheckpointError, match="cannot read this checkpoint"):
+                load_training_state(torn[0])
+        # whatever else the kill left is a hidden temporary file, which no load ever reads
+        assert {p.name for p in folder.iterdir() if not p.name.startswith(".")} <= {"last.pth", *steps}, point
+        # the next save (a resumed run) writes over the debris and prunes to the newest keep_last
+        save_training_state(state_for(new + 1), folder, new + 1, keep_last)
+        _assert_whole(folder / "last.pth", new + 1)
+        kept = sorted([*steps, f"step_{new + 1:07d}.pth"])[-keep_last:] if keep_last > 1 else []
+        assert _step_files(folder) == kept, point
 
 
 def _wait_for_log(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:

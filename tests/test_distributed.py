@@ -103,7 +103,9 @@ def _run(setup, script: str, name: str, nproc: int, extra: list[str]) -> tuple[P
         args += ["--teacher", str(setup["teacher"])]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     cmd = [*launcher, str(wrapper), *args] if nproc > 1 else [sys.executable, str(wrapper), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    # No port is guessed: --standalone binds the rendezvous store to port 0 (the OS picks), and with the store
+    # shared (torch's default, pinned here) the ranks join that same store instead of a port found free earlier.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "0"}
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240, env=env)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     setup[name] = out, result

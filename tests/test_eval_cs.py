@@ -14,7 +14,7 @@ from PIL import Image
 
 import eval_cs
 from dataset import build_dataset
-from dataset.labels import CLASSES, LABEL_IDS
+from dataset.labels import CITYSCAPES_LUT, CLASSES, LABEL_IDS
 from model import build_seg_model, save_final
 from tests.conftest import run_script
 from utils.cli import run_cli
@@ -71,7 +71,14 @@ def test_json_has_the_keys_and_scores_in_unit_range(full_run):
     assert all(v is None or 0.0 <= v <= 1.0 for v in data["per_class"].values())
     assert data["num_images"] == 4 and data["images_per_s"] > 0
     assert data["protocol"]["label_size"] == "full"
-    assert np.asarray(data["confusion"]).sum() == data["num_pixels"]
+    confusion = np.asarray(data["confusion"])
+    assert confusion.sum() == data["num_pixels"]
+    # the scores are the confusion matrix's: pixel accuracy its trace share, mIoU the mean of the listed IoUs
+    assert data["pixel_acc"] == pytest.approx(np.trace(confusion) / confusion.sum())
+    counted = [v for v in data["per_class"].values() if v is not None]
+    assert data["mIoU"] == pytest.approx(sum(counted) / len(counted)) and data["classes_counted"] == len(counted)
+    present = confusion.sum(1) + confusion.sum(0) > 0
+    assert [v is not None for v in data["per_class"].values()] == present.tolist()
 
 
 def test_table_is_printed(checkpoint, synthetic_root, capsys):
@@ -107,10 +114,21 @@ def test_fold_bn_scores_like_the_plain_net_and_is_recorded(checkpoint, synthetic
     assert folded["mIoU"] == pytest.approx(plain["mIoU"], abs=1e-3)
 
 
-def test_tta_and_limit(checkpoint, synthetic_root):
-    out = run_eval(checkpoint, synthetic_root / "cityscapes", "--flip", "--scales", "0.75,1.0", "--limit", "2")
-    assert out["num_images"] == 2 and 0.0 <= out["mIoU"] <= 1.0
+def test_tta_and_limit_score_the_first_images_with_flip_and_scales(checkpoint, synthetic_root):
+    from torch.utils.data import DataLoader, Subset
+
+    from utils.evaluate import eval_collate, evaluate, load_net
+
+    root = synthetic_root / "cityscapes"
+    out = run_eval(checkpoint, root, "--flip", "--scales", "0.75,1.0", "--limit", "2")
+    assert out["num_images"] == 2
     assert out["protocol"]["flip"] is True and out["protocol"]["scales"] == [0.75, 1.0]
+    first_two = Subset(build_dataset("cityscapes", root, "val", size=(32, 16), label_size="full"), range(2))
+    loader = DataLoader(first_two, batch_size=1, collate_fn=eval_collate)
+    net = load_net(str(checkpoint))
+    tta = evaluate(net, loader, "cpu", flip=True, scales=(0.75, 1.0), progress=False)
+    plain = evaluate(net, loader, "cpu", progress=False)
+    assert out["confusion"] == tta["confusion"].tolist() != plain["confusion"].tolist()
 
 
 def test_csv_has_a_row_per_class(full_run):
@@ -124,6 +142,7 @@ def test_saved_predictions_are_label_ids_with_official_names(full_run):
     results = sorted((pred / "labelIds").rglob("*.png"))
     assert len(results) == len(gts) == 4
     valid = set(LABEL_IDS)
+    confusion = np.zeros((19, 19), np.int64)
     for gt in gts:
         core = gt.name[: -len("_gtFine_labelIds.png")]
         # the official evaluator matches CITY_SEQ_FRAME*.png below CITYSCAPES_RESULTS: exactly one file
@@ -133,6 +152,11 @@ def test_saved_predictions_are_label_ids_with_official_names(full_run):
         ids = np.asarray(Image.open(matches[0]))
         assert ids.dtype == np.uint8 and ids.shape == np.asarray(Image.open(gt)).shape
         assert set(np.unique(ids).tolist()) <= valid
+        truth, predicted = CITYSCAPES_LUT[np.asarray(Image.open(gt))], CITYSCAPES_LUT[ids]
+        keep = truth != 255
+        np.add.at(confusion, (truth[keep], predicted[keep]), 1)
+    # the saved files score exactly what the summary reports (the official evaluator's view, without it)
+    assert confusion.tolist() == full_run["summary"]["confusion"]
     for sub in ("color", "overlay"):
         files = sorted((pred / sub).rglob("*.png"))
         assert len(files) == 4 and np.asarray(Image.open(files[0])).shape[2] == 3
@@ -187,7 +211,8 @@ def test_bad_flags_are_usage_errors(checkpoint, flags, capsys):
     with pytest.raises(SystemExit) as exit_info:
         eval_cs.main(["--restore-from", str(checkpoint), *flags])
     assert exit_info.value.code == 2
-    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and flags[0] in err[0]
 
 
 def test_json_path_that_is_a_folder_fails_before_evaluating(checkpoint, synthetic_root, tmp_path):

@@ -135,14 +135,22 @@ def test_train_mode_is_restored_and_bf16_autocast_runs_on_cpu():
     assert net.training and out["mIoU"] == 1.0 and out["protocol"]["amp"] == "bf16"
 
 
-def test_evaluate_runs_a_real_segnet():
+def test_a_real_segnet_is_scored_on_its_eval_mode_flip_predictions():
     from model import build_seg_model
 
     torch.manual_seed(0)
-    net = build_seg_model("drn_d_22")
-    label = torch.randint(0, 19, (2, 24, 40))
-    out = evaluate(net, [{"image": torch.randn(2, 3, 12, 20), "label": label}], "cpu", flip=True, progress=False)
-    assert 0.0 <= out["mIoU"] <= 1.0 and out["num_pixels"] == 2 * 24 * 40
+    net = build_seg_model("drn_d_22")  # in train mode: evaluate must switch to eval and back
+    image, label = torch.randn(2, 3, 12, 20), torch.randint(0, 19, (2, 24, 40))
+    label[0, :3] = 255
+    out = evaluate(net, [{"image": image, "label": label}], "cpu", flip=True, progress=False)
+    assert net.training
+    with torch.no_grad():
+        pred = predict_labels(net.eval(), image, (24, 40), flip=True)
+    keep = label != 255
+    counted = torch.bincount(label[keep] * 19 + pred[keep], minlength=19 * 19).reshape(19, 19)
+    assert torch.equal(out["confusion"], counted)
+    assert out["num_pixels"] == 2 * 24 * 40 - 3 * 40
+    assert out["pixel_acc"] == pytest.approx((pred[keep] == label[keep]).double().mean().item())
 
 
 def test_class_argmax_equals_argmax_with_ties_picking_the_first_class():

@@ -87,6 +87,22 @@ def test_cli_writes_every_figure(tmp_path, capsys):
     assert "per_class_iou.png" in capsys.readouterr().out
 
 
+def test_grid_rows_pair_each_shared_image_with_its_train_id_label_and_every_prediction(tmp_path):
+    from dataset.labels import CITYSCAPES_LUT
+
+    first = write_pred_dir(tmp_path / "pred0", tmp_path, ["aachen_000000_000019", "bonn_000001_000020"], 0)
+    second = write_pred_dir(tmp_path / "pred1", tmp_path, ["bonn_000001_000020", "dusseldorf_000002_000021"], 1)
+    (row,) = figures.grid_rows_from_pred_dirs([first, second], num_images=4)  # bonn alone is in both
+
+    def read(path: Path) -> np.ndarray:
+        return np.asarray(Image.open(path))
+
+    name = "bonn_000001_000020"
+    assert np.array_equal(row["image"], read(tmp_path / "images" / f"{name}_leftImg8bit.png"))
+    assert np.array_equal(row["gt"], CITYSCAPES_LUT[read(tmp_path / "labels" / f"{name}_gtFine_labelIds.png")])
+    assert [p.tolist() for p in row["preds"]] == [read(d / "color" / f"{name}.png").tolist() for d in (first, second)]
+
+
 def test_cli_errors_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="no such file"):
         figures.main(["--json", str(tmp_path / "missing.json"), "--out", str(tmp_path)])

@@ -139,14 +139,26 @@ def test_all_reduce_is_a_no_op_without_a_process_group():
     assert torch.equal(cm.matrix, before)
 
 
-@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this build")
-def test_all_reduce_sums_over_a_single_process_group(tmp_path):
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
+def _counts_on_rank(rank: int, store: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:  # rank 0 sees two pixels, rank 1 three others
         cm = ConfusionMatrix(2)
-        cm.update(torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1]))
-        before = cm.matrix.clone()
+        if rank == 0:
+            cm.update(torch.tensor([0, 1]), torch.tensor([0, 0]))
+        else:
+            cm.update(torch.tensor([1, 1, 0]), torch.tensor([1, 1, 1]))
         cm.all_reduce()
-        assert torch.equal(cm.matrix, before)
+        torch.save(cm.matrix, f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this build")
+def test_all_reduce_sums_the_counts_of_every_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    # forked ranks start in milliseconds; a file store needs no port
+    mp.start_processes(_counts_on_rank, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2,
+                       start_method="fork")
+    for rank in (0, 1):
+        assert torch.load(tmp_path / f"rank{rank}.pt", weights_only=True).tolist() == [[1, 1], [1, 2]]

@@ -75,22 +75,24 @@ def test_bad_arch_or_level_is_a_config_error():
         build_seg_model("drn_d_24", pretrained="imagenet")
 
 
-def test_gradients_reach_every_student_parameter_and_no_frozen_teacher_parameter():
-    from utils.loss import kl_distill, seg_loss
+def test_both_heads_losses_send_gradients_to_every_parameter():
+    # (a frozen teacher getting no gradient is checked through a real training step in test_steps.py)
+    from utils.loss import seg_loss
 
     torch.manual_seed(0)
     student = build_seg_model("drn_d_22").train()
-    teacher = build_seg_model("drn_d_38").eval().requires_grad_(False)
     x = torch.randn(2, 3, 32, 32)
     y = torch.randint(0, 19, (2, 32, 32))
-    with torch.no_grad():
-        t_aux, t_main = teacher(x)
     s_aux, s_main = student(x)
-    loss = seg_loss(s_main, y) + 0.1 * seg_loss(s_aux, y) + kl_distill(s_main, t_main) + kl_distill(s_aux, t_aux)
-    loss.backward()
+    (seg_loss(s_main, y) + 0.1 * seg_loss(s_aux, y)).backward()
     no_grad = [n for n, p in student.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert no_grad == []
-    assert all(p.grad is None for p in teacher.parameters())
+    # the aux head reads level 6: levels 7-8 and the main head learn from the main loss alone
+    student.zero_grad()
+    _, s_main = student(x)
+    seg_loss(s_main, y).backward()
+    assert student.seg2.weight.grad is None or not student.seg2.weight.grad.any()
+    assert student.base.layer8[0].weight.grad.abs().sum() > 0
 
 
 def test_bf16_autocast_and_channels_last_on_cpu(student):

@@ -266,8 +266,9 @@ def test_bad_input_gives_one_line_and_exit_2(case, argv, expected, runner, ws, t
 def test_debug_shows_the_traceback_in_a_real_subprocess(ws, tmp_path):
     args = [D22, *TRAIN, "--data-dir", "{ws}/nope", "--debug"]
     result = run_script(*[a.format(**ws, out=str(tmp_path / "out")) for a in args])
-    assert result.returncode != 0
+    assert result.returncode == 1  # the interpreter's status for an uncaught exception, not run_cli's 2
     assert "Traceback" in result.stderr and "DatasetError" in result.stderr
+    assert f"{ws['ws']}/nope" in result.stderr
 
 
 def _unsafe_loads() -> list[str]:
