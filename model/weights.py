@@ -89,11 +89,11 @@ def _torch_load(path: str, allow_pickle: bool = False) -> Any:
     packed = _zipped_pth(path)
     try:
         obj = torch.load(path if packed is None else packed, map_location="cpu", weights_only=not allow_pickle)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if found and not allow_pickle:
+    except pickle.UnpicklingError:
+        unsafe = _unsafe_globals(path if packed is None else packed)
+        if unsafe and not allow_pickle:
             raise CheckpointError(
-                f"{path} contains a pickled Python object ({found.group(1)}), e.g. a whole model saved with "
+                f"{path} contains a pickled Python object ({unsafe[0]}), e.g. a whole model saved with "
                 "torch.save(model); it is refused for safety. If you trust the file, --allow-pickle "
                 "(allow_pickle=True, unsafe: runs code from the file) extracts its state dict") from None
         # torch's text here is about weights_only and misleads: the data is simply not a checkpoint.
@@ -124,6 +124,16 @@ def _zipped_pth(path: str) -> io.BytesIO | None:
             return io.BytesIO(archive.read(inner[0]))
     except (zipfile.BadZipFile, OSError, EOFError) as err:
         raise CheckpointError(f"{path} is a truncated or corrupt zip ({_short(err)})") from None
+
+
+def _unsafe_globals(source) -> list[str]:
+    """The Python objects a checkpoint would import when unpickled (read without running any of them)."""
+    if hasattr(source, "seek"):
+        source.seek(0)
+    try:
+        return torch.serialization.get_unsafe_globals_in_checkpoint(source)
+    except Exception:  # not a zip-format checkpoint, or unreadable: nothing to name
+        return []
 
 
 def _short(err: BaseException) -> str:
