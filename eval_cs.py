@@ -1,8 +1,8 @@
 """Evaluate a segmentation checkpoint on Cityscapes val (or BDD100K val): per-class IoU, mIoU, accuracy.
 
-Default protocol (SPEC 7): the image at the training size (1024x512), the main head's output
+Default protocol (docs/method.md#evaluation): the image at the training size (1024x512), the main head's output
 upsampled bilinearly to the label's full size, arg-max, one 19x19 confusion matrix over the split.
-`--label-size input` is the old code's protocol (labels nearest-resized to the input size).
+`--label-size input` is the original code's protocol (labels nearest-resized to the input size).
 
     python eval_cs.py --restore-from runs/NAME/final.pth --data-dir data/cityscapes --json eval.json
 """
@@ -71,7 +71,7 @@ def get_parser() -> ArgumentParser:
     p.add_argument("--split", default=SPLIT, help="split to evaluate")
     p.add_argument("--input-size", type=size_arg, default=size_arg(INPUT_SIZE), help="W,H fed to the net")
     p.add_argument("--label-size", choices=LABEL_SIZES, default=LABEL_SIZE,
-                   help="full: score at the label's resolution (SPEC 7); input: old protocol")
+                   help="full: score at the label's resolution (docs/method.md#evaluation); input: the original code's")
     p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE)
     p.add_argument("--num-workers", type=non_negative_int, default=NUM_WORKERS)
     p.add_argument("--device", default=DEVICE, help="auto, cpu, cuda or cuda:N")

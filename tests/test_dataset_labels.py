@@ -16,8 +16,8 @@ from dataset.labels import (
     colorize,
 )
 
-# SPEC section 6, written out by hand: Cityscapes label id -> (train id, class name)
-SPEC_TABLE = {
+# docs/method.md#data, written out by hand: Cityscapes label id -> (train id, class name)
+ID_TABLE = {
     7: (0, "road"), 8: (1, "sidewalk"), 11: (2, "building"), 12: (3, "wall"), 13: (4, "fence"),
     17: (5, "pole"), 19: (6, "traffic light"), 20: (7, "traffic sign"), 21: (8, "vegetation"),
     22: (9, "terrain"), 23: (10, "sky"), 24: (11, "person"), 25: (12, "rider"), 26: (13, "car"),
@@ -28,13 +28,13 @@ SPEC_TABLE = {
 def test_every_cityscapes_label_id_maps_to_the_spec_train_id():
     assert CITYSCAPES_LUT.dtype == np.uint8 and CITYSCAPES_LUT.shape == (256,)
     for value in range(256):
-        expected = SPEC_TABLE[value][0] if value in SPEC_TABLE else IGNORE_LABEL
+        expected = ID_TABLE[value][0] if value in ID_TABLE else IGNORE_LABEL
         assert CITYSCAPES_LUT[value] == expected, f"label id {value}"
 
 
 def test_class_names_follow_train_id_order():
     assert NUM_CLASSES == len(CLASSES) == len(PALETTE) == 19
-    for train_id, name in SPEC_TABLE.values():
+    for train_id, name in ID_TABLE.values():
         assert CLASSES[train_id] == name
 
 
