@@ -73,7 +73,7 @@ def old_label_work(dataset) -> Callable[[torch.Tensor, torch.Tensor], object]:
 
 
 def remap_speed(dataset, num: int, size: tuple[int, int]) -> tuple[float, float]:
-    """Labels/s of our label work and of the old code's, as their loaders do it for items of `size`."""
+    """Labels/s of our label work and of the original code's, as their loaders do it for items of `size`."""
     count = min(num, len(dataset))
     ours = label_work_seconds(dataset, num, our_label_work(dataset), size)
     old = label_work_seconds(dataset, num, old_label_work(dataset), size)

@@ -40,7 +40,7 @@ def read_list(list_path: str | Path) -> list[str]:
 def resolve_entries(layout: Layout, root: Path, split: str, entries: list[str]) -> list[str]:
     """Root-relative image paths of list entries.
 
-    An entry is a path relative to the root (what `make_lists` writes) or, as in the old code's
+    An entry is a path relative to the root (what `make_lists` writes) or, as in the original code's
     lists, relative to the split's image folder (`frankfurt/frankfurt_..._leftImg8bit.png`).
     """
     split_dir = layout.split_dir(split)
@@ -79,7 +79,7 @@ class SegmentationDataset(Dataset):
 
     Items are dicts {"image": float32 (3,H,W), "label": int64 (H,W) (when labels=True),
     "name": root-relative image path}. With `max_iters` the list is repeated ceil(max_iters / n)
-    times, so that one pass covers at least `max_iters` items (the old code's iteration sampling).
+    times, so that one pass covers at least `max_iters` items (the original code's iteration sampling).
     `label_lut` maps the label values of the layout to train ids. It runs after the resize and crop, on
     the pixels the item keeps: nearest resizing, cropping and mirroring only pick pixels, and the
     padding value 255 maps to itself, so this equals mapping the whole file first, with less work.

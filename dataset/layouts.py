@@ -19,7 +19,7 @@ from utils.errors import DatasetError
 #: How far an image and its label may differ in size, per side, as a fraction of the image's side,
 #: for a layout that tolerates it (GTA5: most frames are 1914x1052, some pairs are off by a few
 #: pixels). Such a pair is resized image and label each to the input size (the label nearest), as
-#: the old code did; a larger difference (another aspect ratio, a wrong file) is refused.
+#: the original code did; a larger difference (another aspect ratio, a wrong file) is refused.
 SIZE_TOLERANCE = 0.05
 
 

@@ -1,4 +1,4 @@
-"""The old code's reproductions (benchmark only) compute what the old code computed."""
+"""The original code's reproductions (benchmark only) compute what the original code computed."""
 from __future__ import annotations
 
 import numpy as np
@@ -17,7 +17,7 @@ def test_old_remaps_agree_with_the_lut():
     assert train.dtype == np.float32 and np.array_equal(train, expected.astype(np.float32))
     pairs = [(i, int(t)) for i, t in enumerate(CITYSCAPES_LUT[:34])]
     evaluated = old_label_mapping(raw, pairs)
-    # ids 34..39 are not in the old 34-entry table: the old code kept them as they were
+    # ids 34..39 are not in the old 34-entry table: the original code kept them as they were
     keep = raw < 34
     assert evaluated.dtype == np.int64 and np.array_equal(evaluated[keep], expected[keep])
     assert np.array_equal(evaluated[~keep], raw[~keep])

@@ -201,7 +201,7 @@ def test_zero_init_residual_flag_reaches_the_network(synthetic_root, tmp_path, m
 
 def test_an_old_code_state_dict_serves_as_teacher(synthetic_root, tmp_path, loaded_teachers):
     torch.manual_seed(0)
-    sd = dict(build_seg_model("drn_d_38").state_dict())  # no architecture recorded, as the old code saved
+    sd = dict(build_seg_model("drn_d_38").state_dict())  # no architecture recorded, as the original code saved
     sd["up1.weight"], sd["up2.weight"] = torch.zeros(19, 1, 16, 16), torch.zeros(19, 1, 16, 16)
     teacher = tmp_path / "GTA5_teacher.pth"
     torch.save(sd, teacher)
