@@ -30,8 +30,8 @@ import train_gta2cs_multi_drnd38
 import train_gta2cs_ts_multi
 from model.discriminator import MIN_SIZE
 from utils.cli import ArgumentParser, check_output, positive_float, positive_int, run_cli, size_arg
-from utils.config import PARADIGMS
 from utils.errors import ConfigError
+from utils.objective import PARADIGMS
 
 DATA_DIR = "data/synthetic"
 OUT_DIR = "runs/demo"
@@ -75,7 +75,7 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--out", default=OUT_DIR, help="output folder")
     p.add_argument("--data-dir", default=DATA_DIR, help="synthetic benchmark folder (generated when absent)")
     p.add_argument("--quick", action="store_true", help="a smoke run in about a minute (numbers not meaningful)")
-    p.add_argument("--paradigm", choices=PARADIGMS, default=PARADIGM)
+    p.add_argument("--paradigm", choices=tuple(PARADIGMS), default=PARADIGM)
     p.add_argument("--seeds", type=int, nargs="+", default=[SEED],
                    help="training seed(s); with several, each run goes to OUT/seed_N and OUT/summary.md "
                         "gets the mean and spread of every row")
