@@ -21,6 +21,7 @@ from model import DEFAULT_AUX_LAYER, Discriminator, build_from_checkpoint, build
 from utils.checkpoint import TRAIN_FORMAT, load_training_state, save_training_state
 from utils.cli import check_output
 from utils.config import TrainConfig, run_name
+from utils.distributed import find_unused_parameters
 from utils.errors import CheckpointError, ConfigError, UserError
 from utils.evaluate import eval_collate
 from utils.logger import RunLogger
@@ -172,7 +173,8 @@ def _wrap_ddp(cfg: TrainConfig, info: DistInfo, device: torch.device, net: nn.Mo
     if cfg.sync_bn:
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     ids = [device.index] if device.type == "cuda" else None
-    net = DDP(net, device_ids=ids)
+    unused = find_unused_parameters(loss_weights(cfg, p) for p in plan_phases(cfg))  # a term may skip a head
+    net = DDP(net, device_ids=ids, find_unused_parameters=unused)
     discs = tuple(DDP(d, device_ids=ids) for d in discs)
     return net, discs
 
