@@ -34,6 +34,7 @@ from utils.runtime import (
     seed_everything,
     set_rng_state,
     shutdown_distributed,
+    uses_cuda,
 )
 from utils.steps import LossWeights, TrainStep, freeze_teacher, poly_lr, set_lr, step_status, unwrap
 
@@ -94,7 +95,7 @@ def _stream(dataset, cfg: TrainConfig, info: DistInfo, start: int, seed: int) ->
                             with_seeds=True)
     worker_seed = int(np.random.SeedSequence([seed, start, info.rank]).generate_state(1)[0])
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                        drop_last=True, pin_memory=torch.cuda.is_available(), worker_init_fn=seed_worker,
+                        drop_last=True, pin_memory=uses_cuda(cfg.device), worker_init_fn=seed_worker,
                         generator=torch.Generator().manual_seed(worker_seed),
                         persistent_workers=cfg.num_workers > 0)
     return iter(loader)
@@ -231,7 +232,7 @@ class _Signals:
 
 def train(cfg: TrainConfig) -> Path:
     """Run the training described by `cfg`; return the run folder holding last.pth and final.pth."""
-    info, device = init_distributed(cfg.device)
+    info, device = init_distributed(cfg.device, cfg.dist_timeout)
     try:
         return _train(cfg, info, device)
     finally:
@@ -249,7 +250,7 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> Path:
         if not cfg.resume and (folder / "last.pth").exists():
             raise ConfigError(f"--snapshot-dir {folder}: it already holds a run (last.pth); continue it with "
                               f"--resume {folder / 'last.pth'} or choose another folder")
-    seed_everything(cfg.random_seed, cfg.deterministic)
+    seed_everything(cfg.random_seed, cfg.deterministic, device)
     state = load_training_state(cfg.resume) if cfg.resume else None
     if state is not None:
         _check_resume(cfg, state)
@@ -272,9 +273,10 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> Path:
         validator.best = state["best_val_mIoU"]  # so that --keep-best compares with the run's best so far
     try:
         with _Signals() as signals:
+            step_fn = None
             while phase_index < len(phases):
-                phase = phases[phase_index]
-                step_fn = _make_step(cfg, phase, net, discs, teacher, device)
+                phase = phases[phase_index]  # sequential (d): its second phase keeps the fp16 loss scale
+                step_fn = _make_step(cfg, phase, net, discs, teacher, device, step_fn and step_fn.scaler)
                 if state is not None:  # restore optimizers and RNG once, for the phase we resume in
                     _restore_optimizers(step_fn, state)
                     set_rng_state(state["rng"])
@@ -293,10 +295,10 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> Path:
     return folder
 
 
-def _make_step(cfg, phase, net, discs, teacher, device) -> TrainStep:
+def _make_step(cfg, phase, net, discs, teacher, device, scaler=None) -> TrainStep:
     opt, d_opts = make_optimizers(cfg, net, discs)
     return TrainStep(net, discs, opt, d_opts, loss_weights(cfg, phase), device, amp=cfg.amp, teacher=teacher,
-                     channels_last=cfg.channels_last)
+                     channels_last=cfg.channels_last, scaler=scaler)
 
 
 def _restore_optimizers(step_fn: TrainStep, state: dict) -> None:
