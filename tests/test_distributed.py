@@ -199,7 +199,7 @@ class _SyncProbe(torch.nn.Module):
 
 
 @pytest.mark.parametrize("lambda_adv", [(0.0, 0.0), (0.1, 0.1), (0.0, 0.1), (0.1, 0.0)])
-@pytest.mark.parametrize("distill", [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize("distill", [(False, False), (True, False), (False, True), (True, True)])
 def test_unused_parameter_detection_is_on_exactly_when_the_synced_backward_skips_parameters(lambda_adv, distill):
     # Guards the rule against the step itself: a new term or paradigm that leaves parameters out of the
     # synced backward must turn detection on, or DDP fails at the second step.
