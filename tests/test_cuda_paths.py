@@ -3,6 +3,7 @@ states), and tensors "on a GPU" are stand-ins. What these mocks cannot show (rea
 is listed in docs/scaling.md under "reviewed, not executed"."""
 from __future__ import annotations
 
+import contextlib
 import datetime
 import warnings
 
@@ -156,11 +157,13 @@ def test_bf16_on_a_gpu_before_compute_capability_8_warns_with_the_reason(capabil
     from utils import runtime
 
     FakeCuda(monkeypatch, count=1, capability=capability)
+    monkeypatch.setattr(torch, "autocast", lambda **kwargs: contextlib.nullcontext())  # no CUDA kernels here
     runtime.check_amp_device.cache_clear()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        runtime.check_amp_device(torch.device("cuda", 0), "bf16")
-        runtime.check_amp_device(torch.device("cuda", 0), "bf16")  # once per device, not per step
+        for _ in range(2):  # once per device, not per step
+            with runtime.autocast(torch.device("cuda", 0), "bf16"):
+                pass
     messages = [str(w.message) for w in caught]
     if warns:
         assert len(messages) == 1 and "compute capability 7.5" in messages[0] and "--amp fp16" in messages[0]

@@ -35,7 +35,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and device.index is not None:
         count = torch.cuda.device_count()
         if device.index >= count:
-            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
             raise ConfigError(f"--device {name}: this process sees {count} CUDA devices "
                               f"(cuda:0 to cuda:{count - 1}; CUDA_VISIBLE_DEVICES={visible})")
         # so that pinned-memory threads, autocast checks and stray allocations use GPU N, not GPU 0
@@ -183,7 +183,7 @@ def local_gpu(local_rank: int) -> int:
         return 0
     if local_rank >= count:
         raise ConfigError(f"LOCAL_RANK {local_rank} but this process sees {count} CUDA devices "
-                          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}): start at most "
+                          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): start at most "
                           f"{count} processes per node (torchrun --nproc_per_node {count})")
     return local_rank
 
