@@ -100,6 +100,8 @@ def old_eval_pipeline(net: torch.nn.Module, dataset, num_images: int, num_classe
     Returns {"mIoU", "num_images", "seconds", "images_per_s"}.
     """
     net.eval()
+    param = next(net.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")  # the loader gives CPU images
     palette = [c for rgb in PALETTE for c in rgb]
     pairs = [(i, int(t)) for i, t in enumerate(dataset.layout.lut[:34])]
     start = time.perf_counter()
@@ -110,7 +112,7 @@ def old_eval_pipeline(net: torch.nn.Module, dataset, num_images: int, num_classe
             label_path = dataset.label_path(i)
             with Image.open(label_path) as header:  # the size only: the label is read in the second pass
                 w, h = header.size
-            main = net(image.unsqueeze(0))[1]
+            main = net(image.unsqueeze(0).to(device))[1]
             main = F.interpolate(main, size=(h, w), mode="bilinear", align_corners=True)
             scores = main.cpu().numpy()[0].transpose(1, 2, 0)
             pred = np.asarray(np.argmax(scores, axis=2), dtype=np.uint8)

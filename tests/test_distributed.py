@@ -12,6 +12,7 @@ identical).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -41,14 +42,14 @@ import os, sys, importlib
 sys.path.insert(0, {repo!r})
 import torch
 import utils.engine as engine
-from utils.steps import unwrap
+from utils.runtime import unwrap
 
 out, rank = {out!r}, os.environ.get("RANK", "0")
 held = {{}}
 wrap_ddp = engine._wrap_ddp
 
-def capture(cfg, info, device, net, discs):
-    net, discs = wrap_ddp(cfg, info, device, net, discs)
+def capture(*args, **kwargs):
+    net, discs = wrap_ddp(*args, **kwargs)
     held.update(net=net, discs=discs)
     return net, discs
 
@@ -140,6 +141,22 @@ def test_two_ranks_agree_with_each_other_and_with_one_process(script, setup):
         assert torch.equal(saved[key], value)
 
 
+@pytest.mark.parametrize("flag", ["--lambda-adv-aux", "--lambda-adv-target2"])  # a new name, an old one
+def test_one_adversarial_weight_at_zero_trains_under_ddp_and_matches_one_process(flag, setup):
+    # The target pass (the synced backward) then leaves one head out: without unused-parameter
+    # detection DDP stops at step 2 with "Expected to have finished reduction in the prior iteration".
+    script, off = "train_gta2cs_multi_drnd22.py", [flag, "0"]
+    ddp, _ = _run(setup, script, f"ddp_{flag}", 2, ["--batch-size", "1", *off])
+    single, _ = _run(setup, script, f"single_{flag}", 1, ["--batch-size", "1", "--iter-size", "2", *off])
+    ranks = [torch.load(ddp / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    reference = torch.load(single / "rank0.pt", weights_only=True)
+    for part in ("net", "d1", "d2"):
+        for key, value in _params(ranks[0][part]).items():
+            assert torch.equal(value, ranks[1][part][key]), f"{part}.{key} differs between ranks"
+            atol = ATOL if part == "net" else ATOL_D
+            torch.testing.assert_close(value, reference[part][key], atol=atol, rtol=RTOL)
+
+
 def test_distributed_run_resumes_where_it_stopped(setup):
     script = "train_gta2cs_multi_drnd22.py"
     straight, _ = _run(setup, script, f"ddp_{script}", 2, ["--batch-size", "1"])
@@ -160,3 +177,52 @@ def test_sync_bn_on_cpu_is_a_one_line_error():
 
     with pytest.raises(ConfigError, match="--sync-bn needs CUDA"):
         _wrap_ddp(TrainConfig(sync_bn=True), DistInfo(0, 2, 0), torch.device("cpu"), torch.nn.Linear(1, 1), ())
+
+
+class _SyncProbe(torch.nn.Module):
+    """Stands in for DDP in one process: records which parameters get a gradient in the synced backward."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.module, self.syncing, self.synced = net, True, set()
+        for name, p in net.named_parameters():
+            p.register_hook(lambda grad, name=name: self.synced.add(name) if self.syncing else None)
+
+    def forward(self, x):
+        return self.module(x)
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        self.syncing = False
+        try:
+            yield
+        finally:
+            self.syncing = True
+
+
+@pytest.mark.parametrize("lambda_adv", [(0.0, 0.0), (0.1, 0.1), (0.0, 0.1), (0.1, 0.0)])
+@pytest.mark.parametrize("phase", ["adapt", "source", "target", "both"])
+def test_unused_parameter_detection_is_on_exactly_when_the_synced_backward_skips_parameters(lambda_adv, phase):
+    # Guards the rule against the step itself: a new term or paradigm that leaves parameters out of the
+    # synced backward must turn detection on, or DDP fails at the second step.
+    from model import Discriminator, build_seg_model
+    from utils.config import TrainConfig
+    from utils.distributed import find_unused_parameters
+    from utils.objective import ADAPTATION, PARADIGMS, build_objective, knob_values
+    from utils.steps import TrainStep
+
+    torch.manual_seed(0)
+    spec = ADAPTATION[0] if phase == "adapt" else PARADIGMS[phase][0]
+    cfg = TrainConfig(lambda_adv_aux=lambda_adv[0], lambda_adv_main=lambda_adv[1])
+    w = build_objective(spec, knob_values(cfg))
+    probe = _SyncProbe(build_seg_model("drn_d_22", num_classes=3))
+    teacher = build_seg_model("drn_d_22", num_classes=3) if phase != "adapt" else None
+    discs = (Discriminator(3), Discriminator(3))
+    opt = torch.optim.SGD(probe.parameters(), lr=0.01)
+    step = TrainStep(probe, discs, opt, tuple(torch.optim.SGD(d.parameters(), lr=0.01) for d in discs), w,
+                     torch.device("cpu"), teacher=teacher)
+    g = torch.Generator().manual_seed(0)
+    batch = {"image": torch.randn(1, 3, 32, 32, generator=g), "label": torch.randint(0, 3, (1, 32, 32), generator=g)}
+    step([batch], [{"image": batch["image"].flip(-1)}])
+    skipped = {name for name, _ in probe.module.named_parameters()} - probe.synced
+    assert find_unused_parameters([w]) == bool(skipped), sorted(skipped)[:3]

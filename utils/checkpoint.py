@@ -50,9 +50,24 @@ def fsync_folder(folder: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def to_cpu(obj: object) -> object:
+    """`obj` with every tensor in its dicts, lists and tuples replaced by a CPU copy (CPU tensors kept)."""
+    if isinstance(obj, torch.Tensor):
+        return obj if obj.device.type == "cpu" else obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {key: to_cpu(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(value) for value in obj)
+    return obj
+
+
 def save_training_state(state: dict, folder: str | os.PathLike, step: int, keep_last: int = 1) -> Path:
-    """Write `folder/last.pth` atomically; with keep_last > 1 also keep `step_N.pth` for the last K saves."""
+    """Write `folder/last.pth` atomically; with keep_last > 1 also keep `step_N.pth` for the last K saves.
+
+    Tensors are written as CPU copies, so that a plain `torch.load` reads the file on a machine without a GPU.
+    """
     folder = Path(folder)
+    state = to_cpu(state)
     last = folder / "last.pth"
     if keep_last <= 1:
         return atomic_save(state, last)

@@ -79,6 +79,7 @@ class TrainConfig:
     amp: str = "off"
     channels_last: bool = False
     sync_bn: bool = False
+    dist_timeout: int = 60
     snapshot_dir: Optional[str] = None
     run_suffix: str = ""
     save_pred_every: int = 2000
@@ -233,6 +234,7 @@ def build_parser(defaults: TrainConfig, *, prog: str, description: str, distill:
     g.add_argument("--amp", choices=("off", "bf16", "fp16"), default=d.amp)
     g.add_argument("--channels-last", dest="channels_last", action="store_true", default=d.channels_last)
     g.add_argument("--sync-bn", dest="sync_bn", action="store_true", default=d.sync_bn)
+    add("dist_timeout", type=positive_int, help="minutes a rank waits for the others (rank 0 validates, saves)")
     g.add_argument("--snapshot-dir", dest="snapshot_dir", default=d.snapshot_dir,
                    help="run folder (default: snapshots/<run name from the key settings>)")
     g.add_argument("--run-suffix", dest="run_suffix", default=d.run_suffix)
@@ -259,7 +261,7 @@ def build_parser(defaults: TrainConfig, *, prog: str, description: str, distill:
 
 # With --resume, how each setting is resolved. From this invocation (its flags, else the script's defaults):
 # where and how fast it runs; --num-steps-stop too, so that a run stopped early goes on to its end.
-RESUME_HOST = frozenset({"resume", "device", "num_workers", "progress", "debug", "num_steps_stop"})
+RESUME_HOST = frozenset({"resume", "device", "num_workers", "progress", "debug", "num_steps_stop", "dist_timeout"})
 # The run's saved value unless given again: how the run computes and records, and where its files are
 # (data and teachers may move). Every other setting is the run's own and cannot change.
 RESUME_MAY_CHANGE = frozenset({

@@ -21,6 +21,7 @@ from model import DEFAULT_AUX_LAYER, Discriminator, build_from_checkpoint, build
 from utils.checkpoint import TRAIN_FORMAT, load_training_state, save_training_state
 from utils.cli import check_output
 from utils.config import TrainConfig, run_name
+from utils.distributed import find_unused_parameters
 from utils.errors import CheckpointError, ConfigError, UserError
 from utils.evaluate import eval_collate
 from utils.logger import RunLogger
@@ -35,6 +36,7 @@ from utils.runtime import (
     set_rng_state,
     shutdown_distributed,
     unwrap,
+    uses_cuda,
 )
 from utils.steps import TrainStep, freeze_teacher, poly_lr, set_lr, step_status
 
@@ -90,7 +92,7 @@ def _stream(dataset, cfg: TrainConfig, info: DistInfo, start: int, seed: int) ->
                             with_seeds=True)
     worker_seed = int(np.random.SeedSequence([seed, start, info.rank]).generate_state(1)[0])
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                        drop_last=True, pin_memory=torch.cuda.is_available(), worker_init_fn=seed_worker,
+                        drop_last=True, pin_memory=uses_cuda(cfg.device), worker_init_fn=seed_worker,
                         generator=torch.Generator().manual_seed(worker_seed),
                         persistent_workers=cfg.num_workers > 0)
     return iter(loader)
@@ -169,7 +171,8 @@ def _wrap_ddp(cfg: TrainConfig, info: DistInfo, device: torch.device, net: nn.Mo
     if cfg.sync_bn:
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     ids = [device.index] if device.type == "cuda" else None
-    net = DDP(net, device_ids=ids)
+    unused = find_unused_parameters(phase_objective(cfg, p) for p in plan_phases(cfg))  # a term may skip a head
+    net = DDP(net, device_ids=ids, find_unused_parameters=unused)
     discs = tuple(DDP(d, device_ids=ids) for d in discs)
     return net, discs
 
@@ -276,7 +279,7 @@ class _Signals:
 
 def train(cfg: TrainConfig) -> Path:
     """Run the training described by `cfg`; return the run folder holding last.pth and final.pth."""
-    info, device = init_distributed(cfg.device)
+    info, device = init_distributed(cfg.device, cfg.dist_timeout)
     try:
         return _train(cfg, info, device)
     finally:
@@ -316,7 +319,7 @@ def _start(cfg: TrainConfig, info: DistInfo, device: torch.device) -> tuple[Run,
         if not cfg.resume and (folder / "last.pth").exists():
             raise ConfigError(f"--snapshot-dir {folder}: it already holds a run (last.pth); continue it with "
                               f"--resume {folder / 'last.pth'} or choose another folder")
-    seed_everything(cfg.random_seed, cfg.deterministic)
+    seed_everything(cfg.random_seed, cfg.deterministic, device)
     state = load_training_state(cfg.resume) if cfg.resume else None
     if state is not None:
         _check_resume(cfg, state)

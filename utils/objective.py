@@ -10,6 +10,7 @@ paradigm: docs/extending.md.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Optional, Union
@@ -130,19 +131,20 @@ class Term:
     name: str
     fn: Callable[[TermInputs], Tensor]
     weights: tuple[str, ...] = ()
-    teacher: bool = False               # reads the teacher's outputs
+    heads: tuple[int, ...] = ()          # the student's outputs it reads (AUX, MAIN): DDP must know them
+    teacher: bool = False                # reads the teacher's outputs
     discriminator: Optional[int] = None  # the level (AUX/MAIN) whose discriminator it fools
 
 
 TERMS: dict[str, Term] = {t.name: t for t in (
-    Term("seg_main", seg_main),
-    Term("seg_aux", seg_aux, ("lambda_seg",)),
-    Term("adv_aux", adv_aux, ("lambda_adv_aux",), discriminator=AUX),
-    Term("adv_main", adv_main, ("lambda_adv_main",), discriminator=MAIN),
-    Term("kl_main", kl_main, ("lambda_kl",), teacher=True),
-    Term("kl_aux", kl_aux, ("lambda_kl", "lambda_seg"), teacher=True),
-    Term("mse", mse, ("lambda_mse",), teacher=True),
-    Term("pseudo", pseudo, ("lambda_pseudo",), teacher=True),
+    Term("seg_main", seg_main, (), heads=(MAIN,)),
+    Term("seg_aux", seg_aux, ("lambda_seg",), heads=(AUX,)),
+    Term("adv_aux", adv_aux, ("lambda_adv_aux",), heads=(AUX,), discriminator=AUX),
+    Term("adv_main", adv_main, ("lambda_adv_main",), heads=(MAIN,), discriminator=MAIN),
+    Term("kl_main", kl_main, ("lambda_kl",), heads=(MAIN,), teacher=True),
+    Term("kl_aux", kl_aux, ("lambda_kl", "lambda_seg"), heads=(AUX,), teacher=True),
+    Term("mse", mse, ("lambda_mse",), heads=(AUX,), teacher=True),
+    Term("pseudo", pseudo, ("lambda_pseudo",), heads=(MAIN,), teacher=True),
 )}
 
 
@@ -225,6 +227,13 @@ class Objective:
         return any(t.teacher for t, _ in self.source + self.target)
 
     @property
+    def synced_heads(self) -> frozenset[int]:
+        """The heads read by the pass whose backward all-reduces the net's gradients under DDP (the target
+        pass when there is one: the step accumulates the source pass without syncing)."""
+        terms = self.target if self.uses_target else self.source
+        return frozenset(h for t, _ in terms for h in t.heads)
+
+    @property
     def adversarial_levels(self) -> tuple[int, ...]:
         """The levels (AUX, MAIN) whose discriminator is trained in this phase."""
         return tuple(sorted(t.discriminator for t, _ in self.target if t.discriminator is not None))
@@ -245,7 +254,7 @@ def build_objective(spec: PhaseSpec, knobs: Mapping[str, Any], forms: Mapping[st
         for name in names:
             term = table[name]
             if name in forms:
-                term = Term(term.name, forms[name], term.weights, term.teacher, term.discriminator)
+                term = dataclasses.replace(term, fn=forms[name])
             weight = term_weight(term, domain, knobs)
             if weight != 0:
                 out.append((term, weight))

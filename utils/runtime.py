@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
+import functools
 import os
 import random
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +17,10 @@ from torch import nn
 from utils.errors import ConfigError
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+DIST_TIMEOUT_MINUTES = 60  # rank 0 validates and writes checkpoints while the other ranks wait in a collective
+# CUDA kernels with no deterministic variant that every training step runs (torch.use_deterministic_algorithms)
+NONDETERMINISTIC_CUDA_OPS = ("the backward of bilinear upsampling (F.interpolate)",
+                             "nll_loss (the segmentation and pseudo-label losses)")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -26,7 +33,25 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    if device.type == "cuda" and device.index is not None:
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+            raise ConfigError(f"--device {name}: this process sees {count} CUDA devices "
+                              f"(cuda:0 to cuda:{count - 1}; CUDA_VISIBLE_DEVICES={visible})")
+        # so that pinned-memory threads, autocast checks and stray allocations use GPU N, not GPU 0
+        torch.cuda.set_device(device)
     return device
+
+
+def uses_cuda(device_name: str) -> bool:
+    """True when `--device` resolves to a CUDA device (no CUDA call beyond `is_available`)."""
+    if device_name == "auto":
+        return torch.cuda.is_available()
+    try:
+        return torch.device(device_name).type == "cuda"
+    except RuntimeError:
+        return False
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -38,6 +63,7 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
         return contextlib.nullcontext()
     if dtype is torch.float16 and device.type == "cpu":
         raise ConfigError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
+    check_amp_device(device, amp)
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
@@ -46,15 +72,38 @@ def unwrap(module: nn.Module) -> nn.Module:
     return getattr(module, "module", module)
 
 
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed Python, NumPy and torch (all devices); with `deterministic`, ask torch for deterministic kernels."""
+@functools.cache
+def check_amp_device(device: torch.device, amp: str) -> None:
+    """Warn (once per device) when `--amp bf16` runs on a GPU without native bf16 (compute capability < 8)."""
+    if amp != "bf16" or device.type != "cuda":
+        return
+    major, minor = torch.cuda.get_device_capability(device)
+    if major < 8:
+        warnings.warn(f"--amp bf16 on {torch.cuda.get_device_name(device)} (compute capability {major}.{minor}): "
+                      "this GPU has no native bf16, its convolutions fall back to slow kernels; "
+                      "use --amp fp16 (with loss scaling) or --amp off", RuntimeWarning, stacklevel=3)
+
+
+def seed_everything(seed: int, deterministic: bool = False, device: torch.device | None = None) -> None:
+    """Seed Python, NumPy and torch (all devices); with `deterministic`, ask torch for deterministic kernels.
+
+    On a CPU that makes runs bit-identical. On CUDA it fixes cuDNN's and cuBLAS's choices, but some ops the
+    step needs have no deterministic CUDA kernel (NONDETERMINISTIC_CUDA_OPS): they still run, with one
+    warning that says so, and GPU runs are close, not bitwise equal.
+    """
     random.seed(seed)
     np.random.seed(seed % 2**32)  # noqa: NPY002 - third-party code draws from the global generator
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        # warn_only: raising would make the flag unusable on a GPU, where these ops run at every step
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        if device is not None and device.type == "cuda":
+            warnings.warn("--deterministic on CUDA: cuDNN and cuBLAS are pinned to deterministic algorithms, but "
+                          + " and ".join(NONDETERMINISTIC_CUDA_OPS) + " have no deterministic CUDA kernel: GPU runs "
+                          "are NOT bitwise reproducible (CPU runs are)", RuntimeWarning, stacklevel=2)
     elif torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True
 
@@ -66,8 +115,9 @@ def rng_state() -> dict:
         "numpy": _numpy_state(),
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # this process's GPU only: a resume may see fewer GPUs (one per task, or a smaller node)
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -84,7 +134,12 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))  # noqa: NPY002
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        saved = state["cuda"]
+        if isinstance(saved, torch.Tensor):
+            torch.cuda.set_rng_state(saved)  # the current device's
+        else:  # older checkpoints: one state per GPU the run saw; restore those that exist here
+            for index, cuda_state in enumerate(saved[:torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(cuda_state, index)
 
 
 @dataclass(frozen=True)
@@ -106,20 +161,37 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device_name: str = "auto") -> tuple[DistInfo, torch.device]:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1); else a single process."""
+def init_distributed(device_name: str = "auto",
+                     timeout_minutes: float = DIST_TIMEOUT_MINUTES) -> tuple[DistInfo, torch.device]:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); else a single process.
+
+    `timeout_minutes` bounds how long a rank waits in a collective (while rank 0 validates or saves).
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo(), resolve_device(device_name)
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_name)
+    device = resolve_device("cuda" if uses_cuda(device_name) else device_name)
     if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", local_gpu(local_rank))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(minutes=timeout_minutes))
     return DistInfo(rank, world_size, local_rank), device
+
+
+def local_gpu(local_rank: int) -> int:
+    """The GPU index of the process with `local_rank`: that rank's GPU, or the only one this process sees."""
+    count = torch.cuda.device_count()
+    if count == 1:  # one GPU per process (e.g. srun --gpus-per-task 1): each task sees its own as cuda:0
+        return 0
+    if local_rank >= count:
+        raise ConfigError(f"LOCAL_RANK {local_rank} but this process sees {count} CUDA devices "
+                          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): start at most "
+                          f"{count} processes per node (torchrun --nproc_per_node {count})")
+    return local_rank
 
 
 def is_main_process() -> bool:
