@@ -239,9 +239,9 @@ def test_sequential_second_phase_keeps_the_first_phases_grad_scaler(synthetic_ro
     save_final(teacher, build_seg_model("drn_d_22"))
     scalers = []
 
-    def run_phase(cfg, info, phase, phase_index, step, global_step, skipped, net, discs, step_fn, *rest):
-        scalers.append(step_fn.scaler)  # the phase itself is not what this test is about
-        return global_step + phase.num_steps_stop, skipped
+    def run_phase(run):
+        scalers.append(run.step_fn.scaler)  # the phase itself is not what this test is about
+        run.global_step += run.phase.num_steps_stop
 
     monkeypatch.setattr(engine, "_run_phase", run_phase)
     args = [*tiny_train_args(synthetic_root, tmp_path / "run", steps=1), "--teacher", str(teacher),

@@ -234,7 +234,8 @@ def build_parser(defaults: TrainConfig, *, prog: str, description: str, distill:
     g.add_argument("--amp", choices=("off", "bf16", "fp16"), default=d.amp)
     g.add_argument("--channels-last", dest="channels_last", action="store_true", default=d.channels_last)
     g.add_argument("--sync-bn", dest="sync_bn", action="store_true", default=d.sync_bn)
-    add("dist_timeout", type=positive_int, help="minutes a rank waits for the others (rank 0 validates, saves)")
+    g.add_argument("--dist-timeout", dest="dist_timeout", type=positive_int, default=d.dist_timeout,
+                   help="minutes a rank waits for the others (rank 0 validates and saves meanwhile)")
     g.add_argument("--snapshot-dir", dest="snapshot_dir", default=d.snapshot_dir,
                    help="run folder (default: snapshots/<run name from the key settings>)")
     g.add_argument("--run-suffix", dest="run_suffix", default=d.run_suffix)
