@@ -69,7 +69,10 @@ class Phase:
 
 
 def plan_phases(cfg: TrainConfig) -> list[Phase]:
-    """The phases of a run: adaptation, or the distillation paradigm's phases (utils/objective.py PARADIGMS)."""
+    """The phases of a run: adaptation, or the distillation paradigm's phases (utils/objective.py PARADIGMS).
+
+    `--num-steps-stop` may end the first phase before its schedule does; later phases run their full length.
+    """
     specs = PARADIGMS[cfg.paradigm] if cfg.distill else ADAPTATION
     phases = []
     for index, spec in enumerate(specs):
