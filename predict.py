@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from dataset.decode import read_image
+from dataset.decode import IMAGE_SUFFIXES, list_images, read_image
 from dataset.transforms import resize_pair, to_normalized
 from model import fold_batchnorm
 from utils.cli import ArgumentParser, check_output, positive_int, run_cli, size_arg
@@ -38,7 +38,6 @@ AMP = "off"
 CHANNELS_LAST = False
 FOLD_BN = False
 ALPHA = 0.5
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # what torchvision.io.decode_image reads
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 
@@ -71,11 +70,6 @@ def get_parser() -> ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Every image below `folder` (recursive), sorted."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def collect_inputs(path: Path) -> tuple[int, Iterator[tuple[str, torch.Tensor]]]:
