@@ -7,14 +7,14 @@
         --calib-data data/cityscapes/leftImg8bit/train --eval-data data/cityscapes   # + student.int8.onnx, scored
 
 The graph takes a normalised RGB image `image` (N, 3, H, W) (see dataset.transforms.NORMALIZE) and
-returns the main head's log-probabilities `main` (N, 19, H, W) (and `aux` with --with-aux). The
-model card gives parameters, GFLOPs (2 x multiply-adds of the convolutions) at --card-size, and the
-CPU latency of PyTorch and onnxruntime at --latency-size. With --int8, a statically quantised copy
-NAME.int8.onnx is written beside --out (utils/quantize.py: QDQ, per-channel int8 weights, uint8
-activations calibrated on images of --calib-data, preprocessed as predict.py does). --eval-data scores
-the fp32 (and int8) graph on a labelled split with the project's metrics (utils/metrics.py), so the
-card shows the mIoU each form costs. `onnx` and `onnxruntime` are optional dependencies
-(`pip install onnx onnxruntime`).
+returns the main head's log-probabilities `main` (N, 19, H, W) (and `aux` with --with-aux), or with
+--logits its logits (the same arg-max; predict.py --onnx takes either). The model card gives parameters,
+GFLOPs (2 x multiply-adds of the convolutions) at --card-size, and the CPU latency of PyTorch and
+onnxruntime at --latency-size. With --int8, a statically quantised copy NAME.int8.onnx is written beside
+--out (utils/quantize.py: QDQ, per-channel int8 weights, uint8 activations calibrated on images of
+--calib-data, preprocessed as predict.py does). --eval-data scores the fp32 (and int8) graph on a
+labelled split with the project's metrics (utils/metrics.py), so the card shows the mIoU each form
+costs. `onnx` and `onnxruntime` are optional dependencies (`pip install onnx onnxruntime`).
 """
 from __future__ import annotations
 
@@ -56,15 +56,21 @@ EVAL_DATASETS = ("cityscapes", "bdd")
 
 
 class ExportWrapper(nn.Module):
-    """The net's main head (and the aux head with `with_aux`) as the graph's outputs."""
+    """The net's main head (and the aux head with `with_aux`) as the graph's outputs: log-probabilities,
+    or with `logits` the main head's logits (what an arg-max needs, without a full-size log-softmax)."""
 
-    def __init__(self, net: nn.Module, with_aux: bool = False) -> None:
+    def __init__(self, net: nn.Module, with_aux: bool = False, logits: bool = False) -> None:
         super().__init__()
+        if with_aux and logits:
+            raise ConfigError("--logits exports the main head alone: drop --with-aux")
         self.net = net
         self.with_aux = with_aux
+        self.logits = logits
 
     def forward(self, image: torch.Tensor):
-        """`main` log-probabilities, or `(main, aux)`."""
+        """`main` log-probabilities (or logits), or `(main, aux)`."""
+        if self.logits:
+            return self.net.main_logits(image)
         aux, main = self.net(image)
         return (main, aux) if self.with_aux else main
 
@@ -95,6 +101,9 @@ def get_parser() -> ArgumentParser:
                    help="UNSAFE: allow unpickling a trusted legacy checkpoint (runs code from the file)")
     p.add_argument("--out", required=True, help="ONNX file to write")
     p.add_argument("--with-aux", action="store_true", help="also output the auxiliary head")
+    p.add_argument("--logits", action="store_true",
+                   help="output the main head's logits instead of log-probabilities: same arg-max, no full-size "
+                        "log-softmax (about a third of an int8 graph's time); for deployment")
     p.add_argument("--opset", type=opset_arg, default=OPSET, help=f"ONNX opset (default {OPSET}, at least {MIN_OPSET})")
     p.add_argument("--check-sizes", type=sizes_arg, default=sizes_arg(CHECK_SIZES),
                    help="'W,H W,H': sizes of the onnxruntime-vs-PyTorch check")
@@ -125,11 +134,11 @@ def get_parser() -> ArgumentParser:
     return p
 
 
-def export(net: nn.Module, path: str | Path, *, with_aux: bool = False, opset: int = OPSET,
+def export(net: nn.Module, path: str | Path, *, with_aux: bool = False, logits: bool = False, opset: int = OPSET,
            sample_size: tuple[int, int] = (128, 64)) -> Path:
     """Write `net` as ONNX with dynamic batch, height and width; returns the path."""
     require("onnx")
-    wrapper = ExportWrapper(net, with_aux).eval()  # eval before export: the exporter restores this mode
+    wrapper = ExportWrapper(net, with_aux, logits).eval()  # eval before export: the exporter restores this mode
     w, h = sample_size
     sample = torch.randn(1, 3, h, w)
     outputs = ["main", "aux"] if with_aux else ["main"]
@@ -156,9 +165,10 @@ def export(net: nn.Module, path: str | Path, *, with_aux: bool = False, opset: i
 
 @torch.inference_mode()
 def check_onnx(net: nn.Module, session, sizes: Sequence[tuple[int, int]], *, with_aux: bool = False,
+               logits: bool = False,
                seed: int = SEED) -> list[dict]:
     """Max abs difference between onnxruntime and PyTorch outputs on seeded random images per (w, h)."""
-    wrapper = ExportWrapper(net, with_aux).eval()
+    wrapper = ExportWrapper(net, with_aux, logits).eval()
     gen = torch.Generator().manual_seed(seed)
     report = []
     for w, h in sizes:
@@ -289,6 +299,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = get_parser().parse_args(argv)
     if args.compare and args.compare_arch:
         raise ConfigError("give --compare CKPT or --compare-arch ARCH, not both")
+    if args.logits and args.with_aux:
+        raise ConfigError("--logits exports the main head alone: drop --with-aux")
     check_output(args.out, "--out")
     if args.int8:
         if args.calib_data is None:
@@ -309,15 +321,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     other = None
     if args.compare or args.compare_arch:  # loaded before the export: a bad --compare must not cost one
         other = _load(args.compare, args.compare_arch, args.allow_pickle, flag="--compare")
-    out = export(net, args.out, with_aux=args.with_aux, opset=args.opset)
+    out = export(net, args.out, with_aux=args.with_aux, logits=args.logits, opset=args.opset)
     size_mb = out.stat().st_size / 2**20
     print(f"exported {name} to {out} ({size_mb:.1f} MB, opset {args.opset}, dynamic batch/height/width, "
-          f"outputs: {'main, aux' if args.with_aux else 'main'} log-probabilities)")
+          f"outputs: {'main, aux' if args.with_aux else 'main'} {'logits' if args.logits else 'log-probabilities'})")
     report: dict = {"onnx": str(out), "onnx_mb": size_mb, "opset": args.opset}
     session = None
     if not args.no_check:
         session = ort_session(out, args.threads)
-        checks = check_onnx(net, session, args.check_sizes, with_aux=args.with_aux)
+        checks = check_onnx(net, session, args.check_sizes, with_aux=args.with_aux, logits=args.logits)
         worst = max(c["max_abs_diff"] for c in checks)
         for c in checks:
             print(f"check {c['size'][0]}x{c['size'][1]} {c['output']}: max abs diff {c['max_abs_diff']:.2e}")

@@ -166,3 +166,22 @@ def test_int8_path_sits_beside_the_fp32_graph():
     from utils.quantize import int8_path
 
     assert int8_path("runs/x/student.onnx") == Path("runs/x/student.int8.onnx")
+
+
+def test_logits_graph_matches_main_logits_and_refuses_the_aux_head(checkpoint, tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (optional: pip install onnxruntime)")
+    report = export_onnx.main(["--restore-from", str(checkpoint), "--out", str(tmp_path / "s.onnx"), "--logits",
+                               "--no-latency", *TINY])
+    assert report["max_abs_diff"] <= 1e-4  # checked against SegNet.main_logits
+    from utils.onnx_net import ort_session
+
+    x = torch.randn(1, 3, 32, 64)
+    got = ort_session(tmp_path / "s.onnx").run(None, {"image": x.numpy()})[0]
+    from utils.evaluate import load_net
+
+    with torch.no_grad():
+        expected = load_net(str(checkpoint)).main_logits(x)
+    assert torch.allclose(torch.from_numpy(got), expected, atol=1e-4)
+    with pytest.raises(ConfigError, match="--logits .*--with-aux"):
+        export_onnx.main(["--restore-from", str(checkpoint), "--out", str(tmp_path / "t.onnx"), "--logits",
+                          "--with-aux", "--no-latency", *TINY])

@@ -37,11 +37,12 @@ def ort_session(path: str | Path, threads: int | None = None, *, flag: str = "--
 
 
 class OnnxSegNet(nn.Module):
-    """A graph written by export_onnx.py (input `image`, first output the main head's log-probabilities)
-    behind `main_logits`, so that `utils.evaluate` (predict_labels, evaluate) runs it like a SegNet.
+    """A graph written by export_onnx.py (input `image`, first output the main head's log-probabilities or,
+    with --logits, logits) behind `main_logits`, so that `utils.evaluate` (predict_labels, evaluate) runs
+    it like a SegNet.
 
-    The graph's log-probabilities are upsampled bilinearly (align_corners=True) to the requested size;
-    their arg-max is the arg-max of the net's upsampled logits, since a log-softmax only subtracts one
+    The graph's output is upsampled bilinearly (align_corners=True) to the requested size; the arg-max
+    and softmax of log-probabilities are those of the logits, since a log-softmax only subtracts one
     value per pixel. Runs on the CPU; the images are moved there.
     """
 
@@ -56,7 +57,7 @@ class OnnxSegNet(nn.Module):
         self.num_classes = self.session.get_outputs()[0].shape[1]
 
     def main_logits(self, x: torch.Tensor, output_size: tuple[int, int] | None = None) -> torch.Tensor:
-        """Main-head log-probabilities (N, C, H, W) at `output_size` (default: the input's size)."""
+        """Main-head scores (N, C, H, W) at `output_size` (default: the input's size): the graph's output."""
         feed = {"image": np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())}
         out = torch.from_numpy(self.session.run(None, feed)[0])
         size = tuple(x.shape[-2:]) if output_size is None else tuple(output_size)
