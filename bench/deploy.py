@@ -6,12 +6,12 @@ Forms, batch 1, each at 1024x512 and 2048x1024: PyTorch fp32; PyTorch bf16 autoc
 and folded batch norms; onnxruntime fp32; onnxruntime int8 (static QDQ, per-channel, utils/quantize.py).
 Every form computes the main head's logits at the input's size: the PyTorch forms with `main_logits`
 (predict.py's path), the graphs as export_onnx.py --logits writes them. Each row gives milliseconds
-(median and min over the repeats), frames per second and achieved GFLOP/s (export_onnx.gflops: 2 x
-multiply-adds, the same count for every number type), and that as a share of the roof of its number
-type, measured in the same process (at its start and its end; the better of the two): a large fp32 and
-bf16 matrix product in torch, and a large uint8 x int8 matrix product (MatMulInteger) through
-onnxruntime. Calibration images for int8: synthetic Cityscapes frames (the speed of an int8 graph does
-not depend on its calibration).
+(median and min over the repeats, taken round-robin over the forms), frames per second and achieved
+GFLOP/s (export_onnx.gflops: 2 x multiply-adds, the same count for every number type), and that as a
+share of the roof of its number type, measured in the same process (at its start and its end; the better
+of the two): a large fp32 and bf16 matrix product in torch, and a large uint8 x int8 matrix product
+(MatMulInteger) through onnxruntime. Calibration images for int8: synthetic Cityscapes frames (the speed
+of an int8 graph does not depend on its calibration).
 """
 from __future__ import annotations
 
@@ -53,6 +53,24 @@ def median_times(fn: Callable[[], object], repeats: int) -> list[float]:
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
+    return times
+
+
+def interleaved_times(forms: dict[str, Callable[[torch.Tensor], object]], x: torch.Tensor,
+                      repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each form on `x`: one warm-up call each, then `repeats` rounds of one call per form.
+
+    Round-robin rather than form after form: on a shared machine a change of load then hits every
+    form alike, and their ratio stays meaningful.
+    """
+    for fn in forms.values():
+        fn(x)
+    times: dict[str, list[float]] = {name: [] for name in forms}
+    for _ in range(repeats):
+        for name, fn in forms.items():
+            start = time.perf_counter()
+            fn(x)
+            times[name].append(time.perf_counter() - start)
     return times
 
 
@@ -154,8 +172,7 @@ def measure(sizes=SIZES, roof_n: int = ROOF_N, repeats: int = REPEATS, calib_siz
             for w, h in sizes:
                 work = gflops(net, (w, h))
                 x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(SEED))
-                for form, fn in forms.items():
-                    times = median_times(lambda fn=fn, x=x: fn(x), repeats)
+                for form, times in interleaved_times(forms, x, repeats).items():
                     timings.append((role, arch, (w, h), form, times, work))
                     print(format_row(row(*timings[-1], roof_start)), flush=True)
             del forms, net
