@@ -1,6 +1,7 @@
 """Speed figures of this implementation beside the original code's way, measured in one run.
 
     python benchmark.py [--size 512,256] [--batch-size 2] [--repeats 5] [--json OUT] [--quick]
+    python benchmark.py --deploy [--repeats 3] [--json OUT] [--quick]   # only the deployment table (bench/deploy.py)
 
 Every figure is min / median over `--repeats` timed runs (after one warm-up); a speed-up row gives the
 ratio of the medians and, as its min, the most pessimistic ratio (the old way's best run against our
@@ -328,7 +329,8 @@ def parse_args(argv: Sequence[str] | None):
     parser = ArgumentParser(prog="benchmark.py", description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=size_arg, default=SIZE, help="input W,H (default 512,256)")
     parser.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE)
-    parser.add_argument("--repeats", type=positive_int, default=REPEATS, help="timed runs per figure")
+    parser.add_argument("--repeats", type=positive_int, default=None,
+                        help=f"timed runs per figure (default {REPEATS}; --deploy: 3)")
     parser.add_argument("--data-dir", help="a synthetic benchmark root (gta5/, cityscapes/, bdd/); "
                                            "default: generate one in a temporary folder")
     parser.add_argument("--warmup", type=non_negative_int, default=WARMUP, help="untimed runs per figure")
@@ -337,8 +339,13 @@ def parse_args(argv: Sequence[str] | None):
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--quick", action="store_true", help="tiny size, one repeat: a smoke run")
+    parser.add_argument("--deploy", action="store_true",
+                        help="only the deployment table: student and teacher in every inference form (PyTorch "
+                             "fp32, bf16, onnxruntime fp32 and int8) beside the machine's roof (bench/deploy.py)")
     args = parser.parse_args(argv)
-    if args.quick:
+    if args.repeats is None and not args.deploy:
+        args.repeats = REPEATS
+    if args.quick and not args.deploy:
         for key, value in QUICK.items():
             setattr(args, key, value)
     return args
@@ -347,6 +354,11 @@ def parse_args(argv: Sequence[str] | None):
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure everything and print the table (and write --json)."""
     args = parse_args(argv)
+    if args.deploy:
+        from bench.deploy import run
+
+        run(args.repeats, args.quick, args.json)
+        return 0
     device = resolve_device(args.device)
     torch.manual_seed(SEED)
     print(f"benchmark: {args.size[0]}x{args.size[1]}, batch {args.batch_size}, {args.repeats} repeats, "

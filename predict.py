@@ -1,14 +1,15 @@
-"""Segment one image, a folder of images, or a video's frames with a checkpoint: colour masks and overlays.
+"""Segment one image, a folder of images, or a video with a checkpoint or an ONNX graph: colour masks and overlays.
 
     python predict.py --restore-from runs/NAME/final.pth --input street.png --out out/
     python predict.py --restore-from final.pth --input frames/ --out out/ --device cuda
-    python predict.py --restore-from final.pth --input drive.mp4 --out out/ --every 5
+    python predict.py --restore-from final.pth --input drive.mp4 --out out/          # -> out/drive_overlay.mp4
+    python predict.py --onnx student.int8.onnx --input drive.mp4 --out out/         # onnxruntime, CPU
 
 Each image is resized to --input-size for the net, and its prediction is upsampled back to the
-image's own size. Writes OUT/color/<name>.png and OUT/overlay/<name>.png (and OUT/labelIds/... with
---label-ids), mirroring a folder's sub-folders. A video is read with `torchvision.io.read_video`
-when this torchvision has it (it needs PyAV; newer torchvision releases dropped it); otherwise
-extract the frames first (`ffmpeg -i drive.mp4 frames/%06d.png`) and pass the folder.
+image's own size. Images: writes OUT/color/<name>.png and OUT/overlay/<name>.png (and
+OUT/labelIds/... with --label-ids), mirroring a folder's sub-folders. A video is decoded and encoded
+frame by frame with PyAV (`pip install av`): OUT/<name>_overlay.mp4 at the video's size and frame
+rate (divided by --every), and with --label-ids OUT/labelIds/<name>/frame_NNNNNN.png per kept frame.
 """
 from __future__ import annotations
 
@@ -20,14 +21,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from dataset.decode import read_image
+from dataset.decode import IMAGE_SUFFIXES, list_images, read_image
 from dataset.transforms import resize_pair, to_normalized
 from model import fold_batchnorm
 from utils.cli import ArgumentParser, check_output, positive_int, run_cli, size_arg
 from utils.errors import ConfigError, DatasetError
 from utils.evaluate import load_net, predict_labels
-from utils.predictions import PredictionWriter, save_label_ids
+from utils.onnx_net import OnnxSegNet
+from utils.predictions import PredictionWriter, overlay, save_label_ids
 from utils.runtime import AMP_DTYPES, autocast, resolve_device
+from utils.video import VideoReader, VideoWriter
 
 INPUT_SIZE = "1024,512"
 DEVICE = "auto"
@@ -35,16 +38,17 @@ AMP = "off"
 CHANNELS_LAST = False
 FOLD_BN = False
 ALPHA = 0.5
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # what torchvision.io.decode_image reads
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 
 def get_parser() -> ArgumentParser:
     """Flags of predict.py, defaults from the constants above."""
     p = ArgumentParser(prog="predict.py", description=__doc__.splitlines()[0])
-    p.add_argument("--restore-from", required=True, help="checkpoint (final.pth, last.pth, old state dict, URL)")
-    p.add_argument("--input", required=True, help="an image, a folder of images (recursive) or a video file "
-                                                "(with a torchvision that has read_video)")
+    net = p.add_mutually_exclusive_group(required=True)
+    net.add_argument("--restore-from", help="checkpoint (final.pth, last.pth, old state dict, URL)")
+    net.add_argument("--onnx", metavar="MODEL", help="an ONNX graph written by export_onnx.py (fp32 or int8), run "
+                                                     "with onnxruntime on the CPU")
+    p.add_argument("--input", required=True, help="an image, a folder of images (recursive) or a video file")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--input-size", type=size_arg, default=size_arg(INPUT_SIZE), help="W,H fed to the net")
     p.add_argument("--device", default=DEVICE, help="auto, cpu, cuda or cuda:N")
@@ -56,7 +60,9 @@ def get_parser() -> ArgumentParser:
     p.add_argument("--flip", action="store_true", help="average with the mirrored image")
     p.add_argument("--alpha", type=float, default=ALPHA, help="overlay opacity of the colour mask (0..1)")
     p.add_argument("--label-ids", action="store_true", help="also write Cityscapes label-id PNGs")
-    p.add_argument("--every", type=positive_int, default=1, help="video: keep every N-th frame")
+    p.add_argument("--every", type=positive_int, default=1,
+                   help="video: keep every N-th frame (the output's frame rate is divided by N)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's / onnxruntime's)")
     p.add_argument("--arch", default=None,
                    help="architecture of a checkpoint that does not name it (default: read from its keys)")
     p.add_argument("--allow-pickle", action="store_true",
@@ -66,41 +72,27 @@ def get_parser() -> ArgumentParser:
     return p
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Every image below `folder` (recursive), sorted."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def read_video_frames(path: Path, every: int = 1) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, uint8 (3, H, W) frame) for every `every`-th frame, via `torchvision.io.read_video`."""
-    import torchvision.io
-
-    reader = getattr(torchvision.io, "read_video", None)
-    if reader is None:
-        raise ConfigError(f"--input {path}: this torchvision cannot read videos (no torchvision.io.read_video); "
-                          f"extract the frames first, e.g. `ffmpeg -i {path} frames/%06d.png`, and pass the folder")
-    try:
-        frames, _, _ = reader(str(path), pts_unit="sec", output_format="TCHW")
-    except (RuntimeError, ImportError, OSError) as err:
-        raise DatasetError(f"--input {path}: cannot read the video ({err}); extract the frames with ffmpeg") from err
-    # decoded eagerly above so that an unreadable video fails before the net is loaded
-    return ((f"{path.stem}/frame_{i:06d}", frames[i]) for i in range(0, frames.shape[0], every))
-
-
-def collect_inputs(path: Path, every: int = 1) -> tuple[int | None, Iterator[tuple[str, torch.Tensor]]]:
-    """The number of inputs (None when unknown) and an iterator of (relative name, uint8 image)."""
+def collect_inputs(path: Path) -> tuple[int, Iterator[tuple[str, torch.Tensor]]]:
+    """The number of images and an iterator of (relative name, uint8 (3, H, W) image) for an image or a folder."""
     if path.is_dir():
         files = list_images(path)
         if not files:
             raise DatasetError(f"--input {path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
         return len(files), ((f.relative_to(path).as_posix(), read_image(f)) for f in files)
+    return 1, ((p.name, read_image(p)) for p in [path])
+
+
+def input_kind(path: Path) -> str:
+    """"images" (an image or a folder) or "video"; `DatasetError` for anything else."""
+    if path.is_dir():
+        return "images"
     if not path.is_file():
         raise DatasetError(f"--input {path}: no such file or folder")
     suffix = path.suffix.lower()
     if suffix in IMAGE_SUFFIXES:
-        return 1, iter([(path.name, read_image(path))])
+        return "images"
     if suffix in VIDEO_SUFFIXES:
-        return None, read_video_frames(path, every)
+        return "video"
     raise DatasetError(f"--input {path}: not an image ({', '.join(IMAGE_SUFFIXES)}) or a video "
                        f"({', '.join(VIDEO_SUFFIXES)})")
 
@@ -121,23 +113,32 @@ def segment_image(net: torch.nn.Module, image: torch.Tensor, size: tuple[int, in
         return predict_labels(net, x, tuple(image.shape[-2:]), flip=flip)[0]
 
 
-def main(argv: Sequence[str] | None = None) -> list[dict]:
-    """Segment every input and write its colour mask and overlay; returns the written entries."""
-    args = get_parser().parse_args(argv)
-    if not 0.0 <= args.alpha <= 1.0:
-        raise ConfigError(f"--alpha expects a value in [0, 1], got {args.alpha}")
-    check_output(args.out, "--out", folder=True)
-    device = resolve_device(args.device)
-    total, inputs = collect_inputs(Path(args.input), args.every)
+def load_model(args, device: torch.device) -> torch.nn.Module:
+    """The net --restore-from or --onnx names, with the requested fast paths."""
+    if args.onnx:
+        if args.device not in ("auto", "cpu") or args.amp != "off" or args.fold_bn or args.channels_last:
+            raise ConfigError("--onnx runs on the CPU with onnxruntime: drop --device, --amp, --fold-bn and "
+                              "--channels-last")
+        return OnnxSegNet(args.onnx, args.threads)
     net = load_net(args.restore_from, arch=args.arch, allow_pickle=args.allow_pickle, device=device)
     if args.fold_bn:
         net = fold_batchnorm(net)
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
+    return net
+
+
+def _segment(net: torch.nn.Module, image: torch.Tensor, args, device: torch.device) -> torch.Tensor:
+    return segment_image(net, image, args.input_size, device, flip=args.flip, amp=args.amp,
+                         channels_last=args.channels_last).cpu()
+
+
+def predict_images(net: torch.nn.Module, path: Path, args, device: torch.device) -> list[dict]:
+    """Colour mask and overlay PNGs (and label ids) of an image or a folder; returns the written entries."""
+    total, inputs = collect_inputs(path)
     writer = PredictionWriter(args.out, None, alpha=args.alpha)
     for name, image in tqdm(inputs, total=total, desc="predict", unit="img", disable=args.no_progress):
-        pred = segment_image(net, image, args.input_size, device, flip=args.flip, amp=args.amp,
-                             channels_last=args.channels_last).cpu()
+        pred = _segment(net, image, args, device)
         entry = writer.write(name, pred, image.permute(1, 2, 0).numpy())
         if args.label_ids:
             # arbitrary inputs have no CITY_SEQ_FRAME name: label ids go under the input's own name
@@ -147,6 +148,55 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     print(f"wrote {len(writer.entries)} predictions to {args.out} (color/, overlay/"
           f"{', labelIds/' if args.label_ids else ''})")
     return writer.entries
+
+
+def predict_video(net: torch.nn.Module, reader: VideoReader, args, device: torch.device) -> list[dict]:
+    """OUT/<name>_overlay.mp4 (and label-id PNGs per kept frame), streamed frame by frame; returns one entry."""
+    info, stem = reader.info, reader.path.stem
+    out = Path(args.out)
+    video_path = out / f"{stem}_overlay.mp4"
+    total = None if info.frames is None else -(-info.frames // args.every)
+    kept = 0
+    with VideoWriter(video_path, info.rate / args.every, info.width, info.height) as video, \
+            tqdm(total=total, desc="predict", unit="frame", disable=args.no_progress) as bar:
+        for index, rgb in enumerate(reader):
+            if index % args.every:
+                continue
+            image = torch.from_numpy(rgb).permute(2, 0, 1)
+            pred = _segment(net, image, args, device)
+            video.write(overlay(rgb, pred, args.alpha))
+            if args.label_ids:
+                save_label_ids(pred, out / "labelIds" / stem / f"frame_{index:06d}.png")
+            kept += 1
+            bar.update(1)
+    entry = {"name": reader.path.name, "video": str(video_path), "frames": kept, "every": args.every,
+             "rate": str(info.rate / args.every), "size": [info.width, info.height]}
+    if args.label_ids:
+        entry["label_ids"] = str(out / "labelIds" / stem)
+    writer = PredictionWriter(args.out, None, alpha=args.alpha)
+    writer.entries.append(entry)
+    writer.write_manifest()
+    ids = f" and {kept} label-id PNGs in {entry['label_ids']}" if args.label_ids else ""
+    print(f"wrote {video_path} ({kept} frames, {info.width}x{info.height} at "
+          f"{float(info.rate / args.every):g} frames/s){ids}")
+    return [entry]
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+    """Segment every input and write its colour mask and overlay (or overlay video); returns the written entries."""
+    args = get_parser().parse_args(argv)
+    if not 0.0 <= args.alpha <= 1.0:
+        raise ConfigError(f"--alpha expects a value in [0, 1], got {args.alpha}")
+    check_output(args.out, "--out", folder=True)
+    device = torch.device("cpu") if args.onnx else resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    path = Path(args.input)
+    if input_kind(path) == "images":
+        collect_inputs(path)  # an empty folder fails before the net is loaded
+        return predict_images(load_model(args, device), path, args, device)
+    with VideoReader(path) as reader:  # a file that is not a video fails before the net is loaded
+        return predict_video(load_model(args, device), reader, args, device)
 
 
 if __name__ == "__main__":

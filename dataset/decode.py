@@ -16,6 +16,8 @@ warnings.filterwarnings("ignore", message="The image decoding and encoding capab
                         category=DeprecationWarning)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # what torchvision.io.decode_image reads
+
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PALETTE, _GREY = 3, 0  # PNG colour types
 
@@ -91,3 +93,8 @@ def _palette_indices(path: Path) -> torch.Tensor:
             return torch.from_numpy(np.array(image, dtype=np.uint8))
     except (OSError, ValueError) as err:
         raise _unsupported("label", path, err) from err
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Every image (`IMAGE_SUFFIXES`) below `folder` (recursive), sorted."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

@@ -56,3 +56,37 @@ def test_speedup_rows_give_the_median_ratio_and_the_pessimistic_one():
     fast = table.add("our rate", [40.0, 60.0, 50.0], "images/s")
     row = table.add_speedup("rate speed-up", slow, fast)
     assert row["median"] == 50.0 / 15.0 and row["min"] == 40.0 / 20.0
+
+
+def test_deploy_quick_gives_every_form_beside_the_roof_of_its_number_type(tmp_path, capsys):
+    import pytest
+
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (optional: pip install onnxruntime)")
+    import benchmark
+
+    out = tmp_path / "deploy.json"
+    assert benchmark.main(["--deploy", "--quick", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["roof"]) == {"fp32", "bf16", "int8"} and all(v > 0 for v in result["roof"].values())
+    rows = {r["form"]: r for r in result["rows"]}
+    assert set(rows) == {"torch fp32", "torch bf16+CL+foldBN", "onnxruntime fp32", "onnxruntime int8"}
+    for r in rows.values():
+        assert r["model"] == "student" and r["size"] == [64, 32] and r["ms"] > 0
+        assert r["fps"] == pytest.approx(1000 / r["ms"]) and r["gflop_s"] == pytest.approx(r["gflops"] * r["fps"])
+        assert r["roof_gflop_s"] == result["roof"][r["number_type"]]
+        assert r["pct_of_roof"] == pytest.approx(100 * r["gflop_s"] / r["roof_gflop_s"])
+    assert rows["onnxruntime int8"]["number_type"] == "int8" and rows["torch bf16+CL+foldBN"]["number_type"] == "bf16"
+    fastest = max(rows.values(), key=lambda r: r["fps"])
+    assert result["speedups"][0]["fastest"] == fastest["form"]
+    assert result["speedups"][0]["speedup_over_torch_fp32"] == pytest.approx(fastest["fps"] / rows["torch fp32"]["fps"])
+    assert "| student drn_d_22 | 64x32 | onnxruntime int8 |" in capsys.readouterr().out
+
+
+def test_int8_roof_graph_is_a_valid_matmulinteger_model():
+    import pytest
+
+    pytest.importorskip("onnx", reason="onnx is not installed (optional: pip install onnx)")
+    from bench.deploy import int8_matmul_graph
+
+    model = int8_matmul_graph(8)
+    assert [n.op_type for n in model.graph.node] == ["MatMulInteger"]

@@ -102,3 +102,86 @@ def test_an_interrupted_export_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         export_onnx.export(build_seg_model("drn_d_22").eval(), tmp_path / "net.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+# --- int8 -----------------------------------------------------------------------------------------
+def int8_flags(root: Path) -> list[str]:
+    return ["--int8", "--calib-data", str(root / "cityscapes" / "leftImg8bit" / "train"), "--calib-count", "4",
+            "--input-size", "64,32"]
+
+
+def test_int8_graph_beside_out_is_quantised_per_channel_and_both_graphs_are_scored(checkpoint, synthetic_root,
+                                                                                   tmp_path, capsys):
+    onnx = pytest.importorskip("onnx", reason="onnx is not installed (optional: pip install onnx)")
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (optional: pip install onnxruntime)")
+    out = tmp_path / "student.onnx"
+    report = export_onnx.main(["--restore-from", str(checkpoint), "--out", str(out), *int8_flags(synthetic_root),
+                               "--eval-data", str(synthetic_root / "cityscapes"), *TINY])
+    int8 = tmp_path / "student.int8.onnx"
+    assert report["int8"] == str(int8) and report["quantization"]["calib_images"] == 4
+    assert int8.stat().st_size < 0.35 * out.stat().st_size  # int8 weights: a quarter of the bytes, and scales
+    graph = onnx.load(str(int8)).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    scales = {t.name: t for t in graph.initializer}
+    weight_scales = [scales[n.input[1]] for n in graph.node
+                     if n.op_type == "DequantizeLinear" and n.input[0] in scales
+                     and scales[n.input[0]].data_type == onnx.TensorProto.INT8
+                     and len(scales[n.input[0]].dims) == 4]
+    assert weight_scales and all(len(s.dims) == 1 and s.dims[0] > 1 for s in weight_scales)  # one per channel
+    scored = report["cards"][0]["eval"]
+    assert scored["fp32"]["num_images"] == scored["int8"]["num_images"] == 4
+    assert 0 <= scored["int8"]["mIoU"] <= 100 and 0 <= scored["fp32"]["mIoU"] <= 100
+    assert scored["int8_minus_fp32"] == pytest.approx(scored["int8"]["mIoU"] - scored["fp32"]["mIoU"])
+    assert report["cards"][0]["latency"]["onnxruntime_int8_ms"] > 0
+    printed = capsys.readouterr().out
+    assert "student.int8.onnx" in printed and "int8 - fp32" in printed
+
+
+def test_int8_calibration_input_is_the_evaluation_input(synthetic_root):
+    from dataset.decode import read_image
+    from dataset.transforms import EvalTransform
+    from utils.quantize import preprocess
+
+    image = sorted((synthetic_root / "cityscapes" / "leftImg8bit" / "val").rglob("*.png"))[0]
+    expected, _ = EvalTransform((40, 24))(read_image(image))
+    got = preprocess(image, (40, 24))
+    assert got.shape == (1, 3, 24, 40) and torch.equal(torch.from_numpy(got[0]), expected)
+
+
+def test_int8_without_calibration_images_fails_before_the_export(tmp_path):
+    out = tmp_path / "student.onnx"
+    with pytest.raises(ConfigError, match="--calib-data"):
+        export_onnx.main(["--arch", "drn_d_22", "--out", str(out), "--int8", "--no-latency"])
+    (tmp_path / "empty").mkdir()
+    from utils.errors import DatasetError
+
+    with pytest.raises(DatasetError, match=r"--calib-data .*empty: no images"):
+        export_onnx.main(["--arch", "drn_d_22", "--out", str(out), "--int8", "--calib-data", str(tmp_path / "empty"),
+                          "--no-latency"])
+    assert not out.exists()
+
+
+def test_int8_path_sits_beside_the_fp32_graph():
+    from utils.quantize import int8_path
+
+    assert int8_path("runs/x/student.onnx") == Path("runs/x/student.int8.onnx")
+
+
+def test_logits_graph_matches_main_logits_and_refuses_the_aux_head(checkpoint, tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (optional: pip install onnxruntime)")
+    report = export_onnx.main(["--restore-from", str(checkpoint), "--out", str(tmp_path / "s.onnx"), "--logits",
+                               "--no-latency", *TINY])
+    assert report["max_abs_diff"] <= 1e-4  # checked against SegNet.main_logits
+    from utils.onnx_net import ort_session
+
+    x = torch.randn(1, 3, 32, 64)
+    got = ort_session(tmp_path / "s.onnx").run(None, {"image": x.numpy()})[0]
+    from utils.evaluate import load_net
+
+    with torch.no_grad():
+        expected = load_net(str(checkpoint)).main_logits(x)
+    assert torch.allclose(torch.from_numpy(got), expected, atol=1e-4)
+    with pytest.raises(ConfigError, match="--logits .*--with-aux"):
+        export_onnx.main(["--restore-from", str(checkpoint), "--out", str(tmp_path / "t.onnx"), "--logits",
+                          "--with-aux", "--no-latency", *TINY])

@@ -1,0 +1,257 @@
+"""Deployment latency table: every inference form of the student and the teacher beside the machine's roof.
+
+    python benchmark.py --deploy [--repeats 3] [--json deploy.json] [--quick]
+
+Forms, batch 1, each at 1024x512 and 2048x1024: PyTorch fp32; PyTorch bf16 autocast with channels_last
+and folded batch norms; onnxruntime fp32; onnxruntime int8 (static QDQ, per-channel, utils/quantize.py).
+Every form computes the main head's logits at the input's size: the PyTorch forms with `main_logits`
+(predict.py's path), the graphs as export_onnx.py --logits writes them. Each row gives milliseconds
+(median and min over the repeats, taken round-robin over the forms), frames per second and achieved
+GFLOP/s (export_onnx.gflops: 2 x multiply-adds, the same count for every number type), and that as a
+share of the roof of its number type, measured in the same process (at its start and its end; the better
+of the two): a large fp32 and bf16 matrix product in torch, and a large uint8 x int8 matrix product
+(MatMulInteger) through onnxruntime. Calibration images for int8: synthetic Cityscapes frames (the speed
+of an int8 graph does not depend on its calibration).
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model import build_seg_model, fold_batchnorm
+from utils.onnx_net import ort_session, require
+from utils.predictions import write_text_atomic
+
+NETS = (("student", "drn_d_22"), ("teacher", "drn_d_38"))
+SIZES = ((1024, 512), (2048, 1024))
+FORMS = ("torch fp32", "torch bf16+CL+foldBN", "onnxruntime fp32", "onnxruntime int8")
+NUMBER_TYPE = {"torch fp32": "fp32", "torch bf16+CL+foldBN": "bf16", "onnxruntime fp32": "fp32",
+               "onnxruntime int8": "int8"}
+ROOF_N = 4096                # side of the square matrices of the roof
+REPEATS = 3
+ROOF_REPEATS = 3             # at least: the roof is the best of its repeats
+CALIB_SIZE = (512, 256)      # (w, h) of the calibration images
+CALIB_COUNT = 2
+# a smoke run: the student alone (the teacher runs the same code), one tiny size
+QUICK = {"sizes": ((64, 32),), "roof_n": 256, "repeats": 1, "calib_size": (64, 32), "nets": NETS[:1]}
+SEED = 0
+
+
+def median_times(fn: Callable[[], object], repeats: int) -> list[float]:
+    """Seconds of `repeats` calls of `fn` after one untimed warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def interleaved_times(forms: dict[str, Callable[[torch.Tensor], object]], x: torch.Tensor,
+                      repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each form on `x`: one warm-up call each, then `repeats` rounds of one call per form.
+
+    Round-robin rather than form after form: on a shared machine a change of load then hits every
+    form alike, and their ratio stays meaningful.
+    """
+    for fn in forms.values():
+        fn(x)
+    times: dict[str, list[float]] = {name: [] for name in forms}
+    for _ in range(repeats):
+        for name, fn in forms.items():
+            start = time.perf_counter()
+            fn(x)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+# --- the roof --------------------------------------------------------------------------------------
+def torch_matmul_roof(dtype: torch.dtype, n: int, repeats: int) -> float:
+    """GFLOP/s of an (n, n) x (n, n) matrix product in `dtype` on the CPU (best of the repeats)."""
+    gen = torch.Generator().manual_seed(SEED)
+    a = torch.randn(n, n, generator=gen).to(dtype)
+    b = torch.randn(n, n, generator=gen).to(dtype)
+    return 2 * n**3 / min(median_times(lambda: a @ b, repeats)) / 1e9
+
+
+def int8_matmul_graph(n: int):
+    """An ONNX model: uint8 (n, n) input `a` times a constant int8 (n, n) weight, int32 out (MatMulInteger)."""
+    onnx = require("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.random.default_rng(SEED).integers(-127, 128, (n, n), dtype=np.int8)
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "w"], ["y"])], "int8_roof",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [n, n])],
+        [numpy_helper.from_array(weight, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def int8_matmul_roof(n: int, repeats: int, folder: Path, threads: int) -> float:
+    """GOP/s (2 x multiply-adds) of a uint8 x int8 (n, n) matrix product through onnxruntime (best of the repeats)."""
+    path = folder / "int8_roof.onnx"
+    path.write_bytes(int8_matmul_graph(n).SerializeToString())
+    session = ort_session(path, threads)
+    a = np.random.default_rng(SEED + 1).integers(0, 256, (n, n), dtype=np.uint8)
+    return 2 * n**3 / min(median_times(lambda: session.run(None, {"a": a}), repeats)) / 1e9
+
+
+def measure_roof(n: int, repeats: int, folder: Path, threads: int) -> dict[str, float]:
+    """GFLOP/s of each number type's large matrix product on this machine, now."""
+    return {"fp32": torch_matmul_roof(torch.float32, n, repeats),
+            "bf16": torch_matmul_roof(torch.bfloat16, n, repeats),
+            "int8": int8_matmul_roof(n, repeats, folder, threads)}
+
+
+# --- the forms -------------------------------------------------------------------------------------
+def make_forms(net: torch.nn.Module, folder: Path, calib_dir: Path, calib_size: tuple[int, int],
+               threads: int) -> dict[str, Callable[[torch.Tensor], object]]:
+    """One callable per form in `FORMS`, each running the main head on a (1, 3, H, W) float image."""
+    from export_onnx import export
+    from utils.quantize import quantize_int8
+
+    fp32_path = export(net, folder / f"{net.arch}.onnx", logits=True)
+    int8_path = folder / f"{net.arch}.int8.onnx"
+    quantize_int8(fp32_path, int8_path, calib_dir, calib_size, CALIB_COUNT)
+    fast = fold_batchnorm(net).to(memory_format=torch.channels_last)
+    sessions = {"onnxruntime fp32": ort_session(fp32_path, threads),
+                "onnxruntime int8": ort_session(int8_path, threads)}
+
+    def torch_fp32(x: torch.Tensor) -> object:
+        with torch.inference_mode():
+            return net.main_logits(x)
+
+    def torch_bf16(x: torch.Tensor) -> object:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return fast.main_logits(x.contiguous(memory_format=torch.channels_last))
+
+    def graph(name: str) -> Callable[[torch.Tensor], object]:
+        return lambda x: sessions[name].run(None, {"image": x.numpy()})
+
+    return {"torch fp32": torch_fp32, "torch bf16+CL+foldBN": torch_bf16,
+            "onnxruntime fp32": graph("onnxruntime fp32"), "onnxruntime int8": graph("onnxruntime int8")}
+
+
+def calibration_folder(folder: Path, size: tuple[int, int]) -> Path:
+    """A few synthetic Cityscapes frames at `size` to calibrate the int8 graphs on."""
+    from dataset.synthetic import generate
+
+    generate(folder / "synthetic", CALIB_COUNT, 1, size, SEED, ["cityscapes"])
+    return folder / "synthetic" / "cityscapes" / "leftImg8bit" / "train"
+
+
+# --- the table -------------------------------------------------------------------------------------
+def measure(sizes=SIZES, roof_n: int = ROOF_N, repeats: int = REPEATS, calib_size=CALIB_SIZE,
+            nets=NETS) -> dict:
+    """Every (net, size, form) row and the roof, measured in this process; returns both."""
+    from export_onnx import gflops
+
+    threads = torch.get_num_threads()
+    timings = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        roof_start = measure_roof(roof_n, max(repeats, ROOF_REPEATS), folder, threads)
+        print(f"roof at the start (GFLOP/s, n={roof_n}): " + _join(roof_start), flush=True)
+        calib = calibration_folder(folder, calib_size)
+        for role, arch in nets:
+            torch.manual_seed(SEED)
+            net = build_seg_model(arch).eval()
+            forms = make_forms(net, folder, calib, calib_size, threads)
+            for w, h in sizes:
+                work = gflops(net, (w, h))
+                x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(SEED))
+                for form, times in interleaved_times(forms, x, repeats).items():
+                    timings.append((role, arch, (w, h), form, times, work))
+                    print(format_row(row(*timings[-1], roof_start)), flush=True)
+            del forms, net
+        roof_end = measure_roof(roof_n, max(repeats, ROOF_REPEATS), folder, threads)
+        print(f"roof at the end (GFLOP/s, n={roof_n}): " + _join(roof_end), flush=True)
+    # on a shared machine the roof moves with the load: the table uses the best the machine did in this run
+    roof = {kind: max(roof_start[kind], roof_end[kind]) for kind in roof_start}
+    rows = [row(*t, roof) for t in timings]
+    return {"roof": roof, "roof_start": roof_start, "roof_end": roof_end, "roof_n": roof_n, "threads": threads,
+            "repeats": repeats, "rows": rows, "speedups": speedups(rows)}
+
+
+def _join(roof: dict[str, float]) -> str:
+    return ", ".join(f"{kind} {value:.0f}" for kind, value in roof.items())
+
+
+def row(role: str, arch: str, size: tuple[int, int], form: str, times: list[float], work: float,
+        roof: dict[str, float]) -> dict:
+    """One table row from the measured seconds of one form."""
+    med = statistics.median(times)
+    kind = NUMBER_TYPE[form]
+    achieved = work / med
+    return {"model": role, "arch": arch, "size": list(size), "form": form, "ms": 1000 * med,
+            "min_ms": 1000 * min(times), "fps": 1 / med, "gflops": work, "gflop_s": achieved, "number_type": kind,
+            "roof_gflop_s": roof[kind], "pct_of_roof": 100 * achieved / roof[kind], "times": times}
+
+
+def speedups(rows: list[dict]) -> list[dict]:
+    """Per (net, size): the fastest form and its frames/s over PyTorch fp32's, in the same run."""
+    out = []
+    for key in dict.fromkeys((r["model"], tuple(r["size"])) for r in rows):
+        group = [r for r in rows if (r["model"], tuple(r["size"])) == key]
+        base = next(r for r in group if r["form"] == "torch fp32")
+        best = max(group, key=lambda r: r["fps"])
+        out.append({"model": key[0], "size": list(key[1]), "fastest": best["form"],
+                    "speedup_over_torch_fp32": best["fps"] / base["fps"]})
+    return out
+
+
+def format_row(r: dict) -> str:
+    """A Markdown table row."""
+    return (f"| {r['model']} {r['arch']} | {r['size'][0]}x{r['size'][1]} | {r['form']} | {r['ms']:.0f} "
+            f"({r['min_ms']:.0f}) | {r['fps']:.2f} | {r['gflop_s']:.0f} | {r['number_type']} "
+            f"{r['roof_gflop_s']:.0f} | {r['pct_of_roof']:.0f} % |")
+
+
+TABLE_HEAD = ("| net | input | form | ms median (min) | frames/s | GFLOP/s | roof GFLOP/s | of roof |\n"
+              "|---|---|---|---|---|---|---|---|")
+
+
+def format_table(result: dict) -> str:
+    """The whole table in Markdown, with the roof and the speed-ups under it."""
+    lines = [TABLE_HEAD, *(format_row(r) for r in result["rows"]), ""]
+    lines.append(f"roof: {result['roof_n']}x{result['roof_n']} matrix products, GFLOP/s, the better of the "
+                 f"start and the end of the run: {_join(result['roof'])} (start: {_join(result['roof_start'])}; "
+                 f"end: {_join(result['roof_end'])}; {result['threads']} threads)")
+    for s in result["speedups"]:
+        lines.append(f"{s['model']} at {s['size'][0]}x{s['size'][1]}: fastest {s['fastest']}, "
+                     f"{s['speedup_over_torch_fp32']:.2f}x the frames/s of torch fp32")
+    return "\n".join(lines)
+
+
+def run(repeats: int | None = None, quick: bool = False, json_path: str | None = None) -> dict:
+    """`benchmark.py --deploy`: measure, print the table (and the machine's load), write --json."""
+    settings = {"sizes": SIZES, "roof_n": ROOF_N, "repeats": repeats or REPEATS, "calib_size": CALIB_SIZE,
+                "nets": NETS}
+    if quick:
+        settings.update(QUICK)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print(f"deploy: batch 1, {settings['repeats']} repeats, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, load average at start {load}", flush=True)
+    print(TABLE_HEAD, flush=True)
+    result = measure(settings["sizes"], settings["roof_n"], settings["repeats"], settings["calib_size"],
+                     settings["nets"])
+    result["load_average_start"] = load
+    result["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print()
+    print(format_table(result))
+    print(f"load average at the end {result['load_average_end']}")
+    if json_path:
+        write_text_atomic(json_path, json.dumps(result, indent=1) + "\n")
+    return result
