@@ -21,7 +21,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.loader import label_work_seconds, loader_throughput, old_label_work, our_label_work
 from bench.oldway import OldWayStep, id_table, old_eval_pipeline, old_remap, old_way_objective
+from bench.timing import timed
 from dataset import build_dataset
 from dataset.decode import read_label
 from model import Discriminator, build_seg_model, count_parameters, fold_batchnorm
@@ -84,18 +84,6 @@ class Table:
         print(f"{row['name']:42s} {row['min']:10.4g} {row['median']:10.4g}  {row['unit']:10s} {row['note']}",
               flush=True)
         return row
-
-
-def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
-    """Wall-clock seconds of `repeats` calls of `fn` after `warmup` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 # --- data ------------------------------------------------------------------------------------------

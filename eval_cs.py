@@ -25,7 +25,15 @@ from torch.utils.data import DataLoader, Subset
 from dataset import build_dataset
 from dataset.labels import CLASSES, NUM_CLASSES
 from model import fold_batchnorm
-from utils.cli import ArgumentParser, check_output, non_negative_int, positive_int, run_cli, size_arg
+from utils.cli import (
+    ArgumentParser,
+    add_checkpoint_reader_flags,
+    check_output,
+    non_negative_int,
+    positive_int,
+    run_cli,
+    size_arg,
+)
 from utils.errors import ConfigError
 from utils.evaluate import LABEL_SIZES, eval_collate, evaluate, load_net
 from utils.predictions import PredictionWriter, write_text_atomic
@@ -88,12 +96,7 @@ def get_parser() -> ArgumentParser:
     p.add_argument("--csv", default=None, help="write one row per class to this CSV file")
     p.add_argument("--save-pred", default=None, metavar="DIR",
                    help="write label-id PNGs (official format), colour maps and overlays to DIR")
-    p.add_argument("--arch", default=None,
-                   help="architecture of a checkpoint that does not name it (default: read from its keys)")
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="UNSAFE: allow unpickling a trusted legacy checkpoint (runs code from the file)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    add_checkpoint_reader_flags(p)
     return p
 
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from dataset.decode import IMAGE_SUFFIXES, list_images, read_image
 from dataset.transforms import resize_pair, to_normalized
 from model import fold_batchnorm
-from utils.cli import ArgumentParser, check_output, positive_int, run_cli, size_arg
+from utils.cli import ArgumentParser, add_checkpoint_reader_flags, check_output, positive_int, run_cli, size_arg
 from utils.errors import ConfigError, DatasetError
 from utils.evaluate import load_net, predict_labels
 from utils.onnx_net import OnnxSegNet
@@ -63,12 +63,7 @@ def get_parser() -> ArgumentParser:
     p.add_argument("--every", type=positive_int, default=1,
                    help="video: keep every N-th frame (the output's frame rate is divided by N)")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's / onnxruntime's)")
-    p.add_argument("--arch", default=None,
-                   help="architecture of a checkpoint that does not name it (default: read from its keys)")
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="UNSAFE: allow unpickling a trusted legacy checkpoint (runs code from the file)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    add_checkpoint_reader_flags(p)
     return p
 
 

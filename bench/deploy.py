@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.timing import timed
 from model import build_seg_model, fold_batchnorm
 from utils.onnx_net import ort_session, require
 from utils.predictions import write_text_atomic
@@ -43,17 +44,6 @@ CALIB_COUNT = 2
 # a smoke run: the student alone (the teacher runs the same code), one tiny size
 QUICK = {"sizes": ((64, 32),), "roof_n": 256, "repeats": 1, "calib_size": (64, 32), "nets": NETS[:1]}
 SEED = 0
-
-
-def median_times(fn: Callable[[], object], repeats: int) -> list[float]:
-    """Seconds of `repeats` calls of `fn` after one untimed warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def interleaved_times(forms: dict[str, Callable[[torch.Tensor], object]], x: torch.Tensor,
@@ -80,7 +70,7 @@ def torch_matmul_roof(dtype: torch.dtype, n: int, repeats: int) -> float:
     gen = torch.Generator().manual_seed(SEED)
     a = torch.randn(n, n, generator=gen).to(dtype)
     b = torch.randn(n, n, generator=gen).to(dtype)
-    return 2 * n**3 / min(median_times(lambda: a @ b, repeats)) / 1e9
+    return 2 * n**3 / min(timed(lambda: a @ b, repeats)) / 1e9
 
 
 def int8_matmul_graph(n: int):
@@ -105,7 +95,7 @@ def int8_matmul_roof(n: int, repeats: int, folder: Path, threads: int) -> float:
     path.write_bytes(int8_matmul_graph(n).SerializeToString())
     session = ort_session(path, threads)
     a = np.random.default_rng(SEED + 1).integers(0, 256, (n, n), dtype=np.uint8)
-    return 2 * n**3 / min(median_times(lambda: session.run(None, {"a": a}), repeats)) / 1e9
+    return 2 * n**3 / min(timed(lambda: session.run(None, {"a": a}), repeats)) / 1e9
 
 
 def measure_roof(n: int, repeats: int, folder: Path, threads: int) -> dict[str, float]:

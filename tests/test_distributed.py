@@ -118,10 +118,8 @@ def _params(state: dict) -> dict:
     return {k: v for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
 
 
-@pytest.mark.parametrize("script", list(SCRIPTS))
-def test_two_ranks_agree_with_each_other_and_with_one_process(script, setup):
-    ddp, result = _run(setup, script, f"ddp_{script}", 2, ["--batch-size", "1"])
-    single, _ = _run(setup, script, f"single_{script}", 1, ["--batch-size", "1", "--iter-size", "2"])
+def _assert_ranks_equal_one_process(ddp: Path, single: Path) -> list[dict]:
+    """Both ranks hold the same nets, and they equal the single process's (to summation order); returns them."""
     ranks = [torch.load(ddp / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     reference = torch.load(single / "rank0.pt", weights_only=True)
     for part in ("net", "d1", "d2"):
@@ -130,6 +128,14 @@ def test_two_ranks_agree_with_each_other_and_with_one_process(script, setup):
             atol = ATOL if part == "net" else ATOL_D
             torch.testing.assert_close(value, reference[part][key], atol=atol, rtol=RTOL,
                                        msg=lambda m, k=key, p=part: f"{p}.{k} vs single process: {m}")
+    return ranks
+
+
+@pytest.mark.parametrize("script", list(SCRIPTS))
+def test_two_ranks_agree_with_each_other_and_with_one_process(script, setup):
+    ddp, result = _run(setup, script, f"ddp_{script}", 2, ["--batch-size", "1"])
+    single, _ = _run(setup, script, f"single_{script}", 1, ["--batch-size", "1", "--iter-size", "2"])
+    ranks = _assert_ranks_equal_one_process(ddp, single)
     # rank 0 alone wrote checkpoints, logs and the closing line
     assert (ddp / "writes_rank0.txt").read_text().split() == ["save_training_state", "save_final"]
     assert not (ddp / "writes_rank1.txt").exists()
@@ -148,13 +154,7 @@ def test_one_adversarial_weight_at_zero_trains_under_ddp_and_matches_one_process
     script, off = "train_gta2cs_multi_drnd22.py", [flag, "0"]
     ddp, _ = _run(setup, script, f"ddp_{flag}", 2, ["--batch-size", "1", *off])
     single, _ = _run(setup, script, f"single_{flag}", 1, ["--batch-size", "1", "--iter-size", "2", *off])
-    ranks = [torch.load(ddp / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-    reference = torch.load(single / "rank0.pt", weights_only=True)
-    for part in ("net", "d1", "d2"):
-        for key, value in _params(ranks[0][part]).items():
-            assert torch.equal(value, ranks[1][part][key]), f"{part}.{key} differs between ranks"
-            atol = ATOL if part == "net" else ATOL_D
-            torch.testing.assert_close(value, reference[part][key], atol=atol, rtol=RTOL)
+    _assert_ranks_equal_one_process(ddp, single)
 
 
 def test_distributed_run_resumes_where_it_stopped(setup):

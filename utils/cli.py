@@ -30,6 +30,16 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def add_checkpoint_reader_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags every script that reads a trained net shares: --arch, --allow-pickle, --no-progress, --debug."""
+    parser.add_argument("--arch", default=None,
+                        help="architecture of a checkpoint that does not name it (default: read from its keys)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="UNSAFE: allow unpickling a trusted legacy checkpoint (runs code from the file)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+
+
 def parse_pair(text: str, flag: str = "size") -> tuple[int, int]:
     """Parse 'W,H' into two positive integers; raise `argparse.ArgumentTypeError` naming `flag` otherwise."""
     parts = text.split(",")
