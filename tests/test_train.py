@@ -358,3 +358,19 @@ def test_sequential_second_phase_restarts_schedule_and_net_optimizer_and_keeps_t
     for kept, trained, initial in zip(d_at_second, ends[0][1], d_start):
         assert all(torch.equal(kept[k], trained[k]) for k in kept)  # D1, D2 keep their trained weights
         assert any(not torch.equal(kept[k], initial[k]) for k in kept)  # which moved in phase 1
+
+
+def test_a_checkpoint_whose_config_uses_the_older_knob_names_resumes(synthetic_root, tmp_path, teacher_ckpt):
+    out = tmp_path / "run"
+    args = [*tiny_train_args(synthetic_root, out, steps=4), "--teacher", str(teacher_ckpt), "--paradigm", "both",
+            "--lambda-pseudo", "0.5"]
+    assert distill_script.main([*args, "--num-steps-stop", "2"]) == 0
+    state = torch.load(out / "last.pth", weights_only=True)
+    older = {"lambda_adv_aux": "lambda_adv_target1", "lambda_adv_main": "lambda_adv_target2",
+             "lambda_pseudo": "lambda_targetce", "lambda_target": "target_distill"}
+    state["config"] = {older.get(k, k): v for k, v in state["config"].items()}  # as the version before wrote it
+    torch.save(state, out / "last.pth")
+    assert distill_script.main(["--resume", str(out / "last.pth"), "--no-progress", "--num-workers", "0"]) == 0
+    assert [r["step"] for r in read_log(out / "log.jsonl")] == [1, 2, 3, 4]
+    resumed = torch.load(out / "last.pth", weights_only=True)["config"]
+    assert resumed["lambda_pseudo"] == 0.5 and resumed["num_steps"] == 4
