@@ -24,54 +24,6 @@ LEVELS = ("aux", "main")  # names of those positions (D1 judges aux, D2 main)
 DOMAINS = {"source": "src", "target": "tgt"}  # the suffix of each domain's terms in log.jsonl
 
 
-# --- knobs: the weights and options of the terms ---------------------------------------------------
-def _positive(value: float) -> Optional[str]:
-    return None if value > 0 else "a positive value"
-
-
-def _unit_interval(value: float) -> Optional[str]:
-    return None if 0.0 <= value < 1.0 else "a value in [0, 1)"
-
-
-@dataclass(frozen=True)
-class Knob:
-    """A weight or an option of the objective, with its default and help; `aliases` are its older names."""
-
-    name: str
-    default: Union[float, str]
-    help: str
-    aliases: tuple[str, ...] = ()
-    teacher: bool = False                       # only distillation runs have it (a flag of their script)
-    choices: tuple[str, ...] = ()               # for a text option
-    check: Optional[Callable[[float], Optional[str]]] = None  # what is expected when a value is refused
-
-
-FORMS: dict[str, dict[str, Callable]] = {}  # objective presets (filled below, after the terms)
-
-KNOBS: tuple[Knob, ...] = (
-    Knob("lambda_seg", 0.1, "weight of the auxiliary head: its segmentation term and its KL term"),
-    Knob("lambda_adv_aux", 0.0002, "adversarial weight on the aux level, D1 (0 with --lambda-adv-main 0: "
-         "no target batch, the source-only baseline)", aliases=("lambda_adv_target1",)),
-    Knob("lambda_adv_main", 0.001, "adversarial weight on the main level, D2", aliases=("lambda_adv_target2",)),
-    Knob("gan", "Vanilla", "adversarial loss: BCE with logits (Vanilla) or least squares (LS)", choices=GAN_MODES),
-    Knob("lambda_kl", 0.1, "weight of KL(teacher || student) on the main head (and lambda_seg x on the aux head)",
-         teacher=True),
-    Knob("lambda_mse", 0.01, "weight of the MSE between the aux heads' class probabilities", teacher=True),
-    Knob("lambda_pseudo", 1.0, "weight of the cross entropy against the teacher's arg-max (pseudo-teacher labels)",
-         aliases=("lambda_targetce",), teacher=True),
-    Knob("lambda_target", 1.0, "weight of all distillation terms on target images",
-         aliases=("target_distill",), teacher=True),
-    Knob("kd_temperature", 1.0, "temperature T of the KL terms (multiplied by T^2)", teacher=True, check=_positive),
-    Knob("pseudo_threshold", 0.0, "ignore pixels whose teacher confidence is below this (0: every pixel)",
-         teacher=True, check=_unit_interval),
-    Knob("objective", "corrected", "forms of the terms: 'corrected' (the paper's formulas) or 'original' (as the "
-         "original code computed them: KL identically 0, MSE on log-probabilities; docs/method.md#original)",
-         teacher=True, choices=("corrected", "original")),
-)
-KNOB = {k.name: k for k in KNOBS}
-ALIASES = {alias: k.name for k in KNOBS for alias in k.aliases}  # older name -> name
-
-
 # --- terms ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TermInputs:
@@ -160,10 +112,57 @@ def mse_as_original(x: TermInputs) -> Tensor:
     return mse_distill(x.student[AUX], x.teacher[AUX])
 
 
-FORMS.update({
+# objective presets (--objective): replacement functions by term name
+FORMS: dict[str, dict[str, Callable]] = {
     "corrected": {},
     "original": {"kl_main": kl_as_original, "kl_aux": kl_as_original, "mse": mse_as_original},
-})
+}
+
+
+# --- knobs: the weights and options of the terms ---------------------------------------------------
+def _positive(value: float) -> Optional[str]:
+    return None if value > 0 else "a positive value"
+
+
+def _unit_interval(value: float) -> Optional[str]:
+    return None if 0.0 <= value < 1.0 else "a value in [0, 1)"
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A weight or an option of the objective, with its default and help; `aliases` are its older names."""
+
+    name: str
+    default: Union[float, str]
+    help: str
+    aliases: tuple[str, ...] = ()
+    teacher: bool = False                       # only distillation runs have it (a flag of their script)
+    choices: tuple[str, ...] = ()               # for a text option
+    check: Optional[Callable[[float], Optional[str]]] = None  # what is expected when a value is refused
+
+
+KNOBS: tuple[Knob, ...] = (
+    Knob("lambda_seg", 0.1, "weight of the auxiliary head: its segmentation term and its KL term"),
+    Knob("lambda_adv_aux", 0.0002, "adversarial weight on the aux level, D1 (0 with --lambda-adv-main 0: "
+         "no target batch, the source-only baseline)", aliases=("lambda_adv_target1",)),
+    Knob("lambda_adv_main", 0.001, "adversarial weight on the main level, D2", aliases=("lambda_adv_target2",)),
+    Knob("gan", "Vanilla", "adversarial loss: BCE with logits (Vanilla) or least squares (LS)", choices=GAN_MODES),
+    Knob("lambda_kl", 0.1, "weight of KL(teacher || student) on the main head (and lambda_seg x on the aux head)",
+         teacher=True),
+    Knob("lambda_mse", 0.01, "weight of the MSE between the aux heads' class probabilities", teacher=True),
+    Knob("lambda_pseudo", 1.0, "weight of the cross entropy against the teacher's arg-max (pseudo-teacher labels)",
+         aliases=("lambda_targetce",), teacher=True),
+    Knob("lambda_target", 1.0, "weight of all distillation terms on target images",
+         aliases=("target_distill",), teacher=True),
+    Knob("kd_temperature", 1.0, "temperature T of the KL terms (multiplied by T^2)", teacher=True, check=_positive),
+    Knob("pseudo_threshold", 0.0, "ignore pixels whose teacher confidence is below this (0: every pixel)",
+         teacher=True, check=_unit_interval),
+    Knob("objective", "corrected", "forms of the terms: 'corrected' (the paper's formulas) or 'original' (as the "
+         "original code computed them: KL identically 0, MSE on log-probabilities; docs/method.md#original)",
+         teacher=True, choices=tuple(FORMS)),
+)
+KNOB = {k.name: k for k in KNOBS}
+ALIASES = {alias: k.name for k in KNOBS for alias in k.aliases}  # older name -> name
 
 
 # --- phases and paradigms -------------------------------------------------------------------------
