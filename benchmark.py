@@ -39,9 +39,9 @@ from dataset.decode import read_label
 from model import Discriminator, build_seg_model, count_parameters, fold_batchnorm
 from utils.cli import ArgumentParser, non_negative_int, positive_int, run_cli, size_arg
 from utils.config import TrainConfig
-from utils.engine import make_optimizers
 from utils.evaluate import eval_collate, evaluate
-from utils.objective import ADAPTATION, PARADIGMS, build_objective, knob_values
+from utils.objective import ADAPTATION, PARADIGMS, build_objective, knobs_of
+from utils.optim import Optimisers
 from utils.runtime import autocast, resolve_device
 from utils.steps import TrainStep
 
@@ -119,23 +119,28 @@ def make_step(cls, device, distill: bool, amp: str = "off", channels_last: bool 
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
         teacher = teacher.to(memory_format=torch.channels_last) if teacher is not None else None
-    cfg = TrainConfig()  # the scripts' optimiser settings and loss weights
-    opt, d_opts = make_optimizers(cfg, net, discs)
+    cfg = TrainConfig(amp=amp)  # the scripts' optimiser settings and loss weights
+    optimisers = Optimisers(net, discs, cfg, device.type)
     spec = PARADIGMS["both"][0] if distill else ADAPTATION[0]
     build = old_way_objective if cls is OldWayStep else build_objective
-    objective = build(spec, knob_values(cfg))
-    return cls(net, discs, opt, d_opts, objective, device, amp=amp, teacher=teacher, channels_last=channels_last)
+    objective = build(spec, knobs_of(cfg))
+    optimisers.start_phase(cfg.num_steps, objective.adversarial_levels)
+    step = cls(net, discs, objective, device, amp=amp, teacher=teacher, channels_last=channels_last,
+               scale=optimisers.scale)
+    return step, optimisers
 
 
-def step_times(step, sources, targets, repeats: int, warmup: int = 1) -> list[float]:
-    """Seconds per full optimisation step (forward, backward, optimizer steps)."""
+def step_times(made, sources, targets, repeats: int, warmup: int = 1) -> list[float]:
+    """Seconds per full optimisation step (forward, backward, optimizer steps) of a `make_step` pair."""
+    step, optimisers = made
     state = {"i": 0}
 
     def one() -> None:
         i = state["i"] % len(sources)
         state["i"] += 1
+        optimisers.zero_grad()
         losses = step([sources[i]], [targets[i]])
-        step.apply()
+        optimisers.step()
         # the old way logs every term through the host every step; ours checks finiteness once
         if isinstance(step, OldWayStep):
             [float(v) for v in losses.values()]
@@ -150,20 +155,20 @@ def bench_steps(table: Table, args, device, sources, targets) -> None:
     rows = {}
     for kind, distill in (("adapt", False), ("distill", True)):
         for way, cls in (("ours", TrainStep), ("old way", OldWayStep)):
-            step = make_step(cls, device, distill)
-            times = step_times(step, sources, targets, args.repeats, args.warmup)
+            made = make_step(cls, device, distill)
+            times = step_times(made, sources, targets, args.repeats, args.warmup)
             note = f"batch {args.batch_size} at {args.size[0]}x{args.size[1]}"
             rows[kind, way] = table.add(f"{kind} step ({way})", times, "s/step", note)
-            del step
+            del made
         table.add_speedup(f"{kind} step speed-up", rows[kind, "old way"], rows[kind, "ours"], "old way / ours")
     for amp in amp_modes(device)[1:]:
-        step = make_step(TrainStep, device, True, amp=amp)
+        made = make_step(TrainStep, device, True, amp=amp)
         row = table.add(f"distill step (ours, {amp} autocast)",
-                        step_times(step, sources, targets, args.repeats, args.warmup), "s/step")
+                        step_times(made, sources, targets, args.repeats, args.warmup), "s/step")
         table.add_speedup(f"distill step speed-up ({amp} autocast)", rows["distill", "old way"], row,
                           "old way (fp32) / ours with --amp " + amp)
-    step = make_step(TrainStep, device, True, channels_last=True)
-    times = step_times(step, sources, targets, args.repeats, args.warmup)
+    made = make_step(TrainStep, device, True, channels_last=True)
+    times = step_times(made, sources, targets, args.repeats, args.warmup)
     table.add("distill step (ours, channels_last)", times, "s/step")
 
 

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Subset
 from dataset import build_dataset
 from dataset.labels import CLASSES, NUM_CLASSES
 from model import fold_batchnorm
+from utils.checkpoint import write_text_atomic
 from utils.cli import (
     ArgumentParser,
     add_checkpoint_reader_flags,
@@ -36,7 +37,7 @@ from utils.cli import (
 )
 from utils.errors import ConfigError
 from utils.evaluate import LABEL_SIZES, eval_collate, evaluate, load_net
-from utils.predictions import PredictionWriter, write_text_atomic
+from utils.predictions import PredictionWriter
 from utils.runtime import AMP_DTYPES, resolve_device
 
 DATASET = "cityscapes"

@@ -36,11 +36,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dataset import build_dataset
 from model import ARCHS, build_seg_model, count_parameters
+from utils.checkpoint import write_text_atomic
 from utils.cli import ArgumentParser, check_output, one_line, positive_int, run_cli, size_arg
 from utils.errors import ConfigError
 from utils.evaluate import eval_collate, evaluate, load_net
 from utils.onnx_net import OnnxSegNet, ort_session, require
-from utils.predictions import write_text_atomic
 from utils.quantize import CALIB_COUNT, calibration_files, int8_path, quantize_int8
 
 OPSET = 17
@@ -226,7 +226,7 @@ def latency_ms(net: nn.Module, size: tuple[int, int], runs: int = RUNS, session=
 
 def model_card(name: str, net: nn.Module, args, session=None, int8_session=None) -> dict:
     """Parameters, GFLOPs and latency of one net."""
-    aux_params = count_parameters(net.seg2) if hasattr(net, "seg2") else 0
+    aux_params = count_parameters(net.aux_head) if hasattr(net, "aux_head") else 0
     card = {"name": name, "arch": getattr(net, "arch", None), "aux_layer": getattr(net, "aux_layer", None),
             "params": count_parameters(net), "params_inference": count_parameters(net) - aux_params,
             "gflops": gflops(net, args.card_size), "card_size": list(args.card_size)}

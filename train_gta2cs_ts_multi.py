@@ -2,18 +2,27 @@
 
 Paradigms (paper): 'source' (a) distils on source images, 'target' (b) on target images, 'both' (c),
 'sequential' (d) runs (c) for NUM_STEPS, then (b) for NUM_STEPS_TARGET from (c)'s student.
-Edit the constants below or override them with flags (`--help` lists them all).
+Edit the constants below or override them with flags; any setting can be a constant under its flag's name
+in upper case (--random-mirror: RANDOM_MIRROR), and `--help` lists them all. A name that is no setting
+stops the run before anything is written.
 """
 import sys
 
 from utils.cli import run_cli
-from utils.config import config_from_constants, parse_config
+from utils.config import parse_config
 from utils.engine import run_training
 
+# network
 ARCH = "drn_d_22"                  # the student
 AUX_LAYER = 6
+NUM_CLASSES = 19
+PRETRAINED = "imagenet"            # student init when no RESTORE_FROM is given
+RESTORE_FROM = None                # e.g. the undistilled student's final.pth
+# distillation
 TEACHER = None                     # the teacher's final.pth (train_gta2cs_multi_drnd38.py writes it)
 PARADIGM = "sequential"
+NUM_STEPS_TARGET = 50_000          # length of the target-only phase of 'sequential'
+# data
 SOURCE, TARGET = "gta5", "cityscapes"
 DATA_DIRECTORY = "data/gta5"
 DATA_LIST_PATH = None              # None: scan DATA_DIRECTORY
@@ -21,36 +30,43 @@ DATA_DIRECTORY_TARGET = "data/cityscapes"
 DATA_LIST_PATH_TARGET = None
 INPUT_SIZE = (1024, 512)           # (w, h) of source images
 INPUT_SIZE_TARGET = (1280, 720)
+RANDOM_MIRROR = False              # the original code accepted --random-mirror and ignored it
 BATCH_SIZE = 2
 ITER_SIZE = 1
 NUM_WORKERS = 4
+# optimisation
 NUM_STEPS = 50_000
 NUM_STEPS_STOP = 50_000
-NUM_STEPS_TARGET = 50_000          # length of the target-only phase of 'sequential'
 LEARNING_RATE = 2.5e-4
 LEARNING_RATE_D = 1e-4
+MOMENTUM = 0.9
+WEIGHT_DECAY = 5e-4
+POWER = 0.9
+# objective
 LAMBDA_SEG = 0.1
 LAMBDA_ADV_AUX = 0.0002            # D1, on the aux head (the original code: LAMBDA_ADV_TARGET1)
 LAMBDA_ADV_MAIN = 0.001            # D2, on the main head (LAMBDA_ADV_TARGET2)
 GAN = "Vanilla"
 LAMBDA_KL = 0.1
 LAMBDA_MSE = 0.01
-LAMBDA_PSEUDO = 1.0                # cross entropy against the teacher's arg-max (pseudo-teacher labels)
-LAMBDA_TARGET = 1.0                # weight of the distillation terms on target images
+LAMBDA_PSEUDO = 1.0                # cross entropy against the teacher's arg-max (the original: LAMBDA_TARGETCE)
+LAMBDA_TARGET = 1.0                # weight of the distillation terms on target images (TARGET_DISTILL)
 KD_TEMPERATURE = 1.0
 PSEUDO_THRESHOLD = 0.0             # 0: every pixel gets a pseudo label
-OBJECTIVE = "corrected"            # "original": the terms as the original code computed them (docs/method.md)
-PRETRAINED = "imagenet"            # student init when no --restore-from is given
+FORM = "paper"                     # "original": the terms as the original code computed them (docs/method.md)
+# run
+DEVICE = "auto"                    # 'cpu', 'cuda', 'cuda:N'
+AMP = "off"                        # 'bf16' or 'fp16' autocast
+CHANNELS_LAST = False
 RANDOM_SEED = 1234
 SAVE_PRED_EVERY = 2000
+EVAL_EVERY = 0                     # > 0: score the target's val split every N steps
 SNAPSHOT_DIR = None                # None: snapshots/<run name from the key settings>
-
-DEFAULTS = config_from_constants(globals())
 
 
 def main(argv=None) -> int:
     """Parse flags over the constants above and distil."""
-    cfg = parse_config(DEFAULTS, argv, prog="train_gta2cs_ts_multi.py", description=__doc__, distill=True)
+    cfg = parse_config(globals(), argv, prog="train_gta2cs_ts_multi.py", description=__doc__, distill=True)
     return run_training(cfg)
 
 

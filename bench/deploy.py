@@ -28,8 +28,8 @@ import torch
 
 from bench.timing import timed
 from model import build_seg_model, fold_batchnorm
+from utils.checkpoint import write_text_atomic
 from utils.onnx_net import ort_session, require
-from utils.predictions import write_text_atomic
 
 NETS = (("student", "drn_d_22"), ("teacher", "drn_d_38"))
 SIZES = ((1024, 512), (2048, 1024))

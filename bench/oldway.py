@@ -23,7 +23,7 @@ from PIL import Image
 from dataset.decode import read_image
 from dataset.labels import PALETTE
 from utils.loss import mse_distill, seg_loss
-from utils.objective import AUX, MAIN, Objective, PhaseSpec, build_objective
+from utils.objective import AUX, MAIN, Knobs, Objective, PhaseSpec, build_objective
 from utils.steps import TrainStep
 
 
@@ -47,7 +47,7 @@ OLD_WAY_FORMS = {
 }
 
 
-def old_way_objective(spec: PhaseSpec, knobs: dict) -> Objective:
+def old_way_objective(spec: PhaseSpec, knobs: Knobs) -> Objective:
     """The objective of `spec` with the original code's distillation terms."""
     return build_objective(spec, knobs, forms=OLD_WAY_FORMS)
 

@@ -12,7 +12,7 @@ from model.drn import ARCHS, MODEL_URLS, build_drn, zero_init_residual
 from model.fold import fold_batchnorm
 from model.pretrained import fetch as fetch_imagenet
 from model.pretrained import published_archs
-from model.seg_net import DEFAULT_AUX_LAYER, SegNet
+from model.seg_net import AUX, DEFAULT_AUX_LAYER, MAIN, SegNet
 from utils.errors import ConfigError
 
 PUBLISHED = tuple(published_archs())
@@ -22,7 +22,7 @@ PUBLISHED = tuple(published_archs())
 _FROM_WEIGHTS = ("LoadReport", "build_from_checkpoint", "load_weights", "read_checkpoint", "save_final")
 
 __all__ = [
-    "ARCHS", "DEFAULT_AUX_LAYER", "MODEL_URLS", "Discriminator", "LoadReport", "SegNet", "build_drn",
+    "ARCHS", "AUX", "DEFAULT_AUX_LAYER", "MAIN", "MODEL_URLS", "Discriminator", "LoadReport", "SegNet", "build_drn",
     "build_from_checkpoint", "build_seg_model", "count_parameters", "fold_batchnorm", "load_weights",
     "read_checkpoint", "save_final", "zero_init_residual",
 ]

@@ -12,6 +12,8 @@ from torch import Tensor, nn
 from model.drn import ARCHS, build_drn
 from utils.errors import ConfigError
 
+AUX, MAIN = 0, 1  # positions in the (aux, main) pair that the segmentation nets return
+
 DEFAULT_AUX_LAYER: dict[str, int] = {
     # The original code tapped level 6 for the DRN-D-22 student and level 7 for the DRN-D-38 teacher.
     # The other small nets follow the student (level 6); the larger ones follow the teacher
@@ -40,7 +42,10 @@ def _head(in_ch: int, num_classes: int) -> nn.Conv2d:
 
 
 class SegNet(nn.Module):
-    """DRN backbone ``base`` + main head ``seg1`` (level 8) + aux head ``seg2`` (level ``aux_layer``).
+    """DRN backbone ``base`` + main head (level 8) + aux head (level ``aux_layer``).
+
+    The heads are the modules ``seg1`` (main) and ``seg2`` (aux), the names the original code's checkpoints
+    use; the code calls them ``main_head`` and ``aux_head``.
 
     ``forward`` returns ``(aux, main)`` log-probabilities of shape (N, num_classes, H, W), each
     head's logits upsampled bilinearly (align_corners=True) to the input's size or ``output_size``.
@@ -62,6 +67,18 @@ class SegNet(nn.Module):
         self.seg1 = _head(self.base.out_dim, num_classes)
         self.seg2 = _head(self.base.level_channels[aux_layer - 1], num_classes)
 
+    __jit_unused_properties__ = ["main_head", "aux_head"]  # TorchScript cannot call a module a property returns
+
+    @property
+    def main_head(self) -> nn.Conv2d:
+        """The main classifier, on the last level (state-dict name ``seg1``)."""
+        return self.seg1
+
+    @property
+    def aux_head(self) -> nn.Conv2d:
+        """The auxiliary classifier, on level ``aux_layer`` (state-dict name ``seg2``)."""
+        return self.seg2
+
     def forward(self, x: Tensor, output_size: Optional[tuple[int, int]] = None) -> tuple[Tensor, Tensor]:
         """``(aux, main)`` log-probabilities at ``output_size`` (H, W), by default the input's size."""
         feats = self.base.forward_levels(x, [self.aux_layer])
@@ -69,6 +86,7 @@ class SegNet(nn.Module):
             size = [x.shape[2], x.shape[3]]
         else:
             size = [output_size[0], output_size[1]]
+        # the heads by their state-dict names here, so that TorchScript can compile forward: seg2 is the aux head
         aux = self._upsample_log_probs(self.seg2(feats[self.aux_layer]), size)
         main = self._upsample_log_probs(self.seg1(feats[8]), size)
         return aux, main
@@ -76,10 +94,10 @@ class SegNet(nn.Module):
     def main_logits(self, x: Tensor, output_size: Optional[tuple[int, int]] = None) -> Tensor:
         """Main-head logits at ``output_size`` (H, W), for inference: no aux head, no log-softmax.
 
-        Their arg-max equals the arg-max of ``forward(x)[1]``, and their softmax its exp.
+        Their arg-max equals the arg-max of ``forward(x)[MAIN]``, and their softmax its exp.
         """
         size = [x.shape[2], x.shape[3]] if output_size is None else [output_size[0], output_size[1]]
-        logits = self.seg1(self.base(x))
+        logits = self.seg1(self.base(x))  # the main head
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
 
     @staticmethod

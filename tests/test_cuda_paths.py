@@ -79,7 +79,7 @@ def test_rng_state_saves_this_process_gpu_only_and_restores_it_on_another_count(
 # --- item 7: pinned memory only for a CUDA run ----------------------------------------------------
 @pytest.mark.parametrize(("device", "pinned"), [("cpu", False), ("cuda", True), ("cuda:1", True), ("auto", True)])
 def test_data_loader_pins_memory_only_when_the_run_uses_cuda(device, pinned, monkeypatch):
-    import utils.engine as engine
+    import utils.data as data
     from utils.config import TrainConfig
     from utils.runtime import DistInfo
 
@@ -90,8 +90,8 @@ def test_data_loader_pins_memory_only_when_the_run_uses_cuda(device, pinned, mon
         seen.update(kwargs)
         return []
 
-    monkeypatch.setattr(engine, "DataLoader", loader)
-    engine._stream([torch.zeros(1)] * 4, TrainConfig(device=device, batch_size=1, num_workers=0), DistInfo(), 0, 0)
+    monkeypatch.setattr(data, "DataLoader", loader)
+    data.stream([torch.zeros(1)] * 4, TrainConfig(device=device, batch_size=1, num_workers=0), DistInfo(), 0, 0)
     assert seen["pin_memory"] is pinned
 
 
@@ -136,7 +136,7 @@ def test_process_group_timeout_comes_from_the_flag(monkeypatch):
     joined = _torchrun_env(monkeypatch, rank=0, local_rank=0)
     init_distributed("cpu", timeout_minutes=90)
     assert joined[0]["backend"] == "gloo" and joined[0]["timeout"] == datetime.timedelta(minutes=90)
-    cfg = parse_config(TrainConfig(), ["--dist-timeout", "45"], prog="t", description="", distill=False)
+    cfg = parse_config({}, ["--dist-timeout", "45"], prog="t", description="", distill=False)
     assert cfg.dist_timeout == 45 and TrainConfig().dist_timeout == 60
 
 
@@ -239,11 +239,11 @@ def test_sequential_second_phase_keeps_the_first_phases_grad_scaler(synthetic_ro
     save_final(teacher, build_seg_model("drn_d_22"))
     scalers = []
 
-    def run_phase(run):
-        scalers.append(run.step_fn.scaler)  # the phase itself is not what this test is about
+    def train_phase(run):
+        scalers.append(run.optimisers.scaler)  # the phase itself is not what this test is about
         run.global_step += run.phase.num_steps_stop
 
-    monkeypatch.setattr(engine, "_run_phase", run_phase)
+    monkeypatch.setattr(engine, "train_phase", train_phase)
     args = [*tiny_train_args(synthetic_root, tmp_path / "run", steps=1), "--teacher", str(teacher),
             "--paradigm", "sequential", "--num-steps-target", "1"]
     assert distill_script.main(args) == 0

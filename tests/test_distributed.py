@@ -13,6 +13,7 @@ identical).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import subprocess
@@ -42,27 +43,29 @@ import os, sys, importlib
 sys.path.insert(0, {repo!r})
 import torch
 import utils.engine as engine
+import utils.run as run_module
 from utils.runtime import unwrap
 
 out, rank = {out!r}, os.environ.get("RANK", "0")
 held = {{}}
-wrap_ddp = engine._wrap_ddp
+wrap_ddp = run_module.wrap_ddp
 
 def capture(*args, **kwargs):
     net, discs = wrap_ddp(*args, **kwargs)
     held.update(net=net, discs=discs)
     return net, discs
 
-def spy(name):
-    real = getattr(engine, name)
+def spy(module, name):
+    real = getattr(module, name)
     def write(*args, **kwargs):
         with open(os.path.join(out, "writes_rank" + rank + ".txt"), "a") as f:
             f.write(name + "\\n")
         return real(*args, **kwargs)
     return write
 
-engine._wrap_ddp = capture
-engine.save_training_state, engine.save_final = spy("save_training_state"), spy("save_final")
+run_module.wrap_ddp = capture
+run_module.save_training_state = spy(run_module, "save_training_state")
+engine.save_final = spy(engine, "save_final")
 status = importlib.import_module({module!r}).main(sys.argv[1:])
 torch.save({{"net": unwrap(held["net"]).state_dict(), "d1": unwrap(held["discs"][0]).state_dict(),
             "d2": unwrap(held["discs"][1]).state_dict()}}, os.path.join(out, "rank" + rank + ".pt"))
@@ -147,13 +150,25 @@ def test_two_ranks_agree_with_each_other_and_with_one_process(script, setup):
         assert torch.equal(saved[key], value)
 
 
-@pytest.mark.parametrize("flag", ["--lambda-adv-aux", "--lambda-adv-target2"])  # a new name, an old one
-def test_one_adversarial_weight_at_zero_trains_under_ddp_and_matches_one_process(flag, setup):
-    # The target pass (the synced backward) then leaves one head out: without unused-parameter
-    # detection DDP stops at step 2 with "Expected to have finished reduction in the prior iteration".
-    script, off = "train_gta2cs_multi_drnd22.py", [flag, "0"]
-    ddp, _ = _run(setup, script, f"ddp_{flag}", 2, ["--batch-size", "1", *off])
-    single, _ = _run(setup, script, f"single_{flag}", 1, ["--batch-size", "1", "--iter-size", "2", *off])
+# Each leaves a head out of the synced backward, so that DDP must find unused parameters: one adversarial
+# weight at zero in the adaptation scripts (a new flag name, an old one), and the original code's terms with
+# only main-head terms left on target batches (its KL reads the main head even on the aux level).
+LEAVE_A_HEAD_OUT = {
+    "--lambda-adv-aux 0": ("train_gta2cs_multi_drnd22.py", ["--lambda-adv-aux", "0"]),
+    "--lambda-adv-target2 0": ("train_gta2cs_multi_drnd22.py", ["--lambda-adv-target2", "0"]),
+    "original form, target, main-head terms only": (
+        "train_gta2cs_ts_multi.py", ["--paradigm", "target", "--objective", "original", "--lambda-adv-aux", "0",
+                                     "--lambda-mse", "0"]),
+}
+
+
+@pytest.mark.parametrize("case", list(LEAVE_A_HEAD_OUT))
+def test_a_synced_pass_that_leaves_a_head_out_trains_under_ddp_and_matches_one_process(case, setup):
+    # Without unused-parameter detection DDP stops at step 2: "Expected to have finished reduction in the
+    # prior iteration" (the parameters of the head left out).
+    script, off = LEAVE_A_HEAD_OUT[case]
+    ddp, _ = _run(setup, script, f"ddp_{case}", 2, ["--batch-size", "1", *off])
+    single, _ = _run(setup, script, f"single_{case}", 1, ["--batch-size", "1", "--iter-size", "2", *off])
     _assert_ranks_equal_one_process(ddp, single)
 
 
@@ -171,12 +186,12 @@ def test_distributed_run_resumes_where_it_stopped(setup):
 
 def test_sync_bn_on_cpu_is_a_one_line_error():
     from utils.config import TrainConfig
-    from utils.engine import _wrap_ddp
     from utils.errors import ConfigError
+    from utils.nets import wrap_ddp
     from utils.runtime import DistInfo
 
     with pytest.raises(ConfigError, match="--sync-bn needs CUDA"):
-        _wrap_ddp(TrainConfig(sync_bn=True), DistInfo(0, 2, 0), torch.device("cpu"), torch.nn.Linear(1, 1), ())
+        wrap_ddp(TrainConfig(sync_bn=True), DistInfo(0, 2, 0), torch.device("cpu"), torch.nn.Linear(1, 1), (), [])
 
 
 class _SyncProbe(torch.nn.Module):
@@ -200,29 +215,118 @@ class _SyncProbe(torch.nn.Module):
             self.syncing = True
 
 
-@pytest.mark.parametrize("lambda_adv", [(0.0, 0.0), (0.1, 0.1), (0.0, 0.1), (0.1, 0.0)])
-@pytest.mark.parametrize("phase", ["adapt", "source", "target", "both"])
-def test_unused_parameter_detection_is_on_exactly_when_the_synced_backward_skips_parameters(lambda_adv, phase):
-    # Guards the rule against the step itself: a new term or paradigm that leaves parameters out of the
+def _moved_reads(x):
+    """A test-only form: the aux segmentation term reads the main head instead."""
+    from utils.loss import seg_loss
+    from utils.objective import MAIN
+
+    return seg_loss(x.student[MAIN], x.labels)
+
+
+def _grid():
+    """Every form (the two of the table and a test-only one) x every phase x each weight at 0 or its default:
+    the objectives they build, grouped by their synced pass (the same active terms in the same forms on the
+    domain whose backward DDP all-reduces: the target's when it has terms, else the source's)."""
+    from utils.objective import ADAPTATION, FORMS, PARADIGMS, Knobs, build_objective, kl_as_original
+
+    forms = {**FORMS, "test-only": {"seg_aux": _moved_reads, "kl_main": kl_as_original}}
+    weights = ("lambda_seg", "lambda_adv_aux", "lambda_adv_main", "lambda_kl", "lambda_mse", "lambda_pseudo",
+               "lambda_target")
+    specs = {"adapt": ADAPTATION[0], **{f"{name}/{s.name}": s for name, specs in PARADIGMS.items() for s in specs}}
+    steps: dict = {}
+    for phase, spec in specs.items():
+        used = weights[:3] if phase == "adapt" else weights
+        for form, replaced in forms.items():
+            for zeros in itertools.product((False, True), repeat=len(used)):
+                knobs = Knobs(**{w: 0.0 for w, zero in zip(used, zeros) if zero})
+                objective = build_objective(spec, knobs, num_classes=3, forms=replaced)
+                if not objective.source:
+                    continue  # every source term at zero: no step at all
+                synced = "target" if objective.uses_target else "source"
+                key = (synced, tuple((t.name, t.fn) for t in objective.terms(synced)))
+                steps.setdefault(key, []).append((phase, form, zeros, objective))
+    return steps
+
+
+def test_unused_parameter_detection_is_on_exactly_when_the_synced_backward_skips_parameters():
+    # The rule, derived from what each term was found to read, against the real graph of the step, for every
+    # form x phase x weight at 0 or default: a new term, form or paradigm that leaves parameters out of the
     # synced backward must turn detection on, or DDP fails at the second step.
-    from model import Discriminator, build_seg_model
-    from utils.config import TrainConfig
-    from utils.distributed import find_unused_parameters
-    from utils.objective import ADAPTATION, PARADIGMS, build_objective, knob_values
+    from model import build_seg_model
+    from utils.nets import find_unused_parameters
     from utils.steps import TrainStep
 
-    torch.manual_seed(0)
-    spec = ADAPTATION[0] if phase == "adapt" else PARADIGMS[phase][0]
-    cfg = TrainConfig(lambda_adv_aux=lambda_adv[0], lambda_adv_main=lambda_adv[1])
-    w = build_objective(spec, knob_values(cfg))
-    probe = _SyncProbe(build_seg_model("drn_d_22", num_classes=3))
-    teacher = build_seg_model("drn_d_22", num_classes=3) if phase != "adapt" else None
-    discs = (Discriminator(3), Discriminator(3))
-    opt = torch.optim.SGD(probe.parameters(), lr=0.01)
-    step = TrainStep(probe, discs, opt, tuple(torch.optim.SGD(d.parameters(), lr=0.01) for d in discs), w,
-                     torch.device("cpu"), teacher=teacher)
     g = torch.Generator().manual_seed(0)
-    batch = {"image": torch.randn(1, 3, 32, 32, generator=g), "label": torch.randint(0, 3, (1, 32, 32), generator=g)}
-    step([batch], [{"image": batch["image"].flip(-1)}])
-    skipped = {name for name, _ in probe.module.named_parameters()} - probe.synced
-    assert find_unused_parameters([w]) == bool(skipped), sorted(skipped)[:3]
+    batch = {"image": torch.randn(1, 3, 16, 16, generator=g), "label": torch.randint(0, 3, (1, 16, 16), generator=g)}
+    torch.manual_seed(0)
+    net, teacher = build_seg_model("drn_d_22", num_classes=3), build_seg_model("drn_d_22", num_classes=3)
+    discs = (torch.nn.Conv2d(3, 1, 1), torch.nn.Conv2d(3, 1, 1))  # which net parameters a pass reaches is all we see
+    names = {name for name, _ in net.named_parameters()}
+    grid, probe = _grid(), _SyncProbe(net)
+    checked = 0
+    for cases in grid.values():
+        probe.synced = set()
+        step = TrainStep(probe, discs, cases[0][3], torch.device("cpu"), teacher=teacher)
+        step([batch], [{"image": batch["image"].flip(-1)}])
+        net.zero_grad(set_to_none=True)
+        skipped = names - probe.synced
+        for phase, form, zeros, objective in cases:
+            assert find_unused_parameters([objective]) == bool(skipped), (phase, form, zeros, sorted(skipped)[:3])
+            checked += 1
+    assert checked > 1900 and len(grid) > 100  # the whole grid, not a corner of it
+
+
+
+
+def _once_on_rank(rank: int, store: str, out: str, fail: bool) -> None:
+    import torch.distributed as dist
+
+    from utils.errors import UserError
+    from utils.runtime import DistInfo, once_per_node
+
+    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=2)
+    marker = Path(out) / "downloaded"
+
+    def download():
+        if fail:
+            raise UserError("no source of the weights answered")
+        marker.write_text(str(rank))
+
+    try:  # one node, two processes: local ranks 0 and 1
+        once_per_node(DistInfo(rank, 2, local_rank=rank), torch.device("cpu"), download)
+        result = "found" if marker.exists() else "missing"
+    except UserError as err:
+        result = f"error: {err}"
+    finally:
+        dist.destroy_process_group()
+    (Path(out) / f"rank{rank}.txt").write_text(result)
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["download", "failed download"])
+def test_weights_are_fetched_once_per_node_and_a_failure_stops_every_rank(tmp_path, fail):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_once_on_rank, args=(f"file://{tmp_path / 'store'}", str(tmp_path), fail), nprocs=2)
+    results = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    if fail:
+        assert results == ["error: no source of the weights answered",
+                           "error: stopped: local rank 0 of a node failed (its one-line error says why)"]
+    else:  # local rank 0 alone downloaded, and the other process found the file once it went on
+        assert results == ["found", "found"] and (tmp_path / "downloaded").read_text() == "0"
+
+
+def test_a_distributed_run_fetches_the_imagenet_weights_through_local_rank_0(monkeypatch):
+    import utils.nets as nets
+    from utils.config import TrainConfig
+    from utils.runtime import DistInfo
+
+    calls = []
+    monkeypatch.setattr(nets, "once_per_node", lambda info, device, action: calls.append((info.local_rank, action)))
+    monkeypatch.setattr(nets, "build_seg_model", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("stop here")))
+    with pytest.raises(RuntimeError, match="stop here"):
+        nets.build_nets(TrainConfig(pretrained="imagenet"), torch.device("cpu"), DistInfo(1, 2, 1))
+    assert [rank for rank, _ in calls] == [1]
+    calls.clear()
+    with pytest.raises(RuntimeError, match="stop here"):  # one process: the model's own fetch, no group
+        nets.build_nets(TrainConfig(pretrained="imagenet"), torch.device("cpu"), DistInfo())
+    assert calls == []

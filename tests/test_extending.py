@@ -2,8 +2,11 @@
 training run with the new paradigm and term, and the term seen in log.jsonl."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -46,3 +49,18 @@ def test_the_guides_new_term_and_paradigm_train_and_are_logged(synthetic_root, t
     assert {"kl_main_tgt", "pseudo_src", "adv_main_tgt"} <= set(record)
     help_text = run_script(str(copy / "train_gta2cs_ts_multi.py"), "--help", cwd=copy).stdout
     assert "--lambda-entropy" in help_text and "weight of the entropy of the main head" in help_text
+
+    # Under torchrun, unchanged: with every other target term at 0, the new term alone makes the synced
+    # backward, and it leaves the aux head out; what it reads was found, not declared, so DDP is told.
+    out = tmp_path / "ddp"
+    args = [*tiny_train_args(synthetic_root, out, steps=2), "--teacher", str(teacher), "--batch-size", "1",
+            "--paradigm", "both_entropy", "--lambda-entropy", "0.01", "--lambda-adv-aux", "0", "--lambda-adv-main", "0",
+            "--lambda-kl", "0", "--lambda-mse", "0", "--lambda-pseudo", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "0"}
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "train_gta2cs_ts_multi.py", *args], cwd=copy, capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    records = [r for r in read_log(out / "log.jsonl") if "total" in r]
+    assert [r["step"] for r in records] == [1, 2] and all(r["entropy_tgt"] > 0 for r in records)
+    assert set(records[0]) >= {"entropy_tgt", "seg_main_src"} and "adv_main_tgt" not in records[0]

@@ -56,15 +56,13 @@ def test_adversarial_loss_by_hand(gan):
         to_target = -(math.log(sigmoid[0]) + math.log(sigmoid[1])) / 2
     else:
         to_source, to_target = (0.0 + 4.0) / 2, (1.0 + 1.0) / 2
-    assert adversarial_loss(logits, True, gan).item() == pytest.approx(to_source, rel=1e-6)
-    assert adversarial_loss(logits, False, gan).item() == pytest.approx(to_target, rel=1e-6)
-    assert adversarial_loss(logits, TARGET_LABEL, gan).item() == pytest.approx(to_target, rel=1e-6)
     assert adversarial_loss(logits, SOURCE_LABEL, gan).item() == pytest.approx(to_source, rel=1e-6)
+    assert adversarial_loss(logits, TARGET_LABEL, gan).item() == pytest.approx(to_target, rel=1e-6)
 
 
 def test_unknown_gan_mode_is_a_config_error():
     with pytest.raises(ConfigError, match="Vanilla"):
-        adversarial_loss(torch.zeros(1, 1, 1, 1), True, "wgan")
+        adversarial_loss(torch.zeros(1, 1, 1, 1), SOURCE_LABEL, "wgan")
 
 
 def test_kl_is_zero_for_identical_distributions():
@@ -129,5 +127,5 @@ def test_losses_keep_the_input_dtype_device_and_return_scalars():
     logp = torch.log_softmax(torch.randn(1, 3, 2, 2), 1)
     labels = torch.zeros(1, 2, 2, dtype=torch.long)
     for loss in (seg_loss(logp, labels), kl_distill(logp, logp), mse_distill(logp, logp),
-                 pseudo_label_loss(logp, logp), adversarial_loss(logp[:, :1], True)):
+                 pseudo_label_loss(logp, logp), adversarial_loss(logp[:, :1], SOURCE_LABEL)):
         assert loss.dim() == 0 and loss.device == logp.device and loss.dtype == torch.float32

@@ -9,20 +9,21 @@ import torch
 import torch.nn.functional as F
 
 from model import Discriminator, build_seg_model
-from utils.config import TrainConfig, config_from_constants, parse_config
+from utils.config import TrainConfig, parse_config
 from utils.loss import kl_distill, pseudo_label_loss
 from utils.objective import (
     ADAPTATION,
-    KNOBS,
     PARADIGMS,
+    Knobs,
     TermInputs,
     build_objective,
     kl_as_original,
-    knob_values,
+    knobs_of,
     mse,
     mse_as_original,
     pseudo,
 )
+from utils.settings import declared
 from utils.steps import TrainStep
 
 # distinct weights, so that swapping any two, or dropping one, changes the total
@@ -50,11 +51,8 @@ def _nets():
 
 def _step(spec, **knobs) -> tuple[TrainStep, torch.nn.Module, torch.nn.Module, tuple]:
     net, teacher, discs = _nets()
-    cfg = TrainConfig(**{**WEIGHTS, **knobs})
-    opt = torch.optim.SGD(net.parameters(), lr=0.0)
-    d_opts = tuple(torch.optim.Adam(d.parameters(), lr=0.0) for d in discs)
-    step = TrainStep(net, discs, opt, d_opts, build_objective(spec, knob_values(cfg)), torch.device("cpu"),
-                     teacher=teacher)
+    knobs = Knobs(**{**WEIGHTS, **knobs})
+    step = TrainStep(net, discs, build_objective(spec, knobs, num_classes=3), torch.device("cpu"), teacher=teacher)
     return step, net, teacher, discs
 
 
@@ -119,7 +117,7 @@ def _hand_case():
     # two classes, one pixel: student (0.8, 0.2), teacher (0.5, 0.5) on the aux head; main head as given
     s = torch.tensor([0.8, 0.2]).log().view(1, 2, 1, 1)
     t = torch.tensor([0.5, 0.5]).log().view(1, 2, 1, 1)
-    return TermInputs(student=(s, s), teacher=(t, t), knobs={"kd_temperature": 1.0, "pseudo_threshold": 0.0})
+    return TermInputs(student=(s, s), teacher=(t, t), knobs=Knobs())
 
 
 def test_mse_compares_the_aux_heads_class_probabilities():
@@ -132,37 +130,42 @@ def test_original_objective_has_a_zero_kl_and_the_mse_of_log_probabilities():
     assert float(kl_as_original(x)) == 0.0
     by_hand = ((math.log(0.8) - math.log(0.5)) ** 2 + (math.log(0.2) - math.log(0.5)) ** 2) / 2
     assert float(mse_as_original(x)) == pytest.approx(by_hand)
-    original = build_objective(PARADIGMS["both"][0], knob_values(TrainConfig(objective="original")))
-    forms = {term.name: term.fn for term, _ in original.source}
+    original = build_objective(PARADIGMS["both"][0], Knobs(form="original"))
+    forms = {term.name: term.fn for term in original.source}
     assert forms["kl_main"] is kl_as_original and forms["kl_aux"] is kl_as_original
     assert forms["mse"] is mse_as_original and forms["pseudo"] is pseudo  # the pseudo CE was right
     assert float(kl_as_original(x)) == 0.0 and float(kl_distill(x.student[1], x.teacher[1])) > 0
 
 
 def test_a_weight_of_zero_drops_its_term_and_a_source_only_run_draws_no_target_batch():
-    objective = build_objective(ADAPTATION[0], knob_values(TrainConfig(lambda_adv_aux=0.0)))
-    assert [t.name for t, _ in objective.target] == ["adv_main"] and objective.adversarial_levels == (1,)
-    source_only = build_objective(ADAPTATION[0], knob_values(TrainConfig(lambda_adv_aux=0.0, lambda_adv_main=0.0)))
+    objective = build_objective(ADAPTATION[0], Knobs(lambda_adv_aux=0.0))
+    assert [t.name for t in objective.target] == ["adv_main"] and objective.adversarial_levels == (1,)
+    source_only = build_objective(ADAPTATION[0], Knobs(lambda_adv_aux=0.0, lambda_adv_main=0.0))
     assert not source_only.uses_target and source_only.adversarial_levels == ()
 
 
 def test_a_knob_has_one_name_in_constants_flags_and_config_and_old_names_still_work():
-    for knob in KNOBS:
-        cfg = config_from_constants({knob.name.upper(): knob.default})
+    defaults = {"TEACHER": "t.pth", "PARADIGM": "both"}
+    for knob in declared(Knobs):
+        cfg = parse_config({knob.name.upper(): knob.default, **defaults}, [], prog="p", description="", distill=True)
         assert getattr(cfg, knob.name) == knob.default and knob.name in cfg.to_dict()
-    defaults = TrainConfig(teacher="t.pth", paradigm="both")
-    new = parse_config(defaults, ["--lambda-pseudo", "0.25", "--lambda-adv-aux", "0"], prog="p", description="",
-                       distill=True)
-    old = parse_config(defaults, ["--lambda-targetce", "0.25", "--lambda-adv-target1", "0"], prog="p",
-                       description="", distill=True)
-    assert (new.lambda_pseudo, new.lambda_adv_aux) == (old.lambda_pseudo, old.lambda_adv_aux) == (0.25, 0.0)
-    assert config_from_constants({"LAMBDA_TARGETCE": 0.3, "TARGET_DISTILL": 0.2}).lambda_target == 0.2
+    new = parse_config(defaults, ["--lambda-pseudo", "0.25", "--lambda-adv-aux", "0", "--form", "original"],
+                       prog="p", description="", distill=True)
+    old = parse_config(defaults, ["--lambda-targetce", "0.25", "--lambda-adv-target1", "0", "--objective",
+                                  "original"], prog="p", description="", distill=True)
+    assert (new.lambda_pseudo, new.lambda_adv_aux, new.form) == (old.lambda_pseudo, old.lambda_adv_aux, old.form)
+    assert (new.lambda_pseudo, new.lambda_adv_aux, new.form) == (0.25, 0.0, "original")
+    constants = {"LAMBDA_TARGETCE": 0.3, "TARGET_DISTILL": 0.2, "OBJECTIVE": "corrected", **defaults}
+    cfg = parse_config(constants, [], prog="p", description="", distill=True)
+    assert (cfg.lambda_pseudo, cfg.lambda_target, cfg.form) == (0.3, 0.2, "paper")
     # a config.json written before the knobs had their names
-    assert TrainConfig.from_dict({"lambda_targetce": 0.3, "lambda_adv_target2": 0.5}).lambda_adv_main == 0.5
+    saved = TrainConfig.from_dict({"lambda_targetce": 0.3, "lambda_adv_target2": 0.5, "objective": "corrected"})
+    assert (saved.lambda_pseudo, saved.lambda_adv_main, saved.form) == (0.3, 0.5, "paper")
+    assert knobs_of(saved) == Knobs(lambda_pseudo=0.3, lambda_adv_main=0.5)
 
 
 def test_a_negative_weight_is_a_flag_error(capsys):
     with pytest.raises(SystemExit) as stop:
-        parse_config(TrainConfig(), ["--lambda-seg", "-1"], prog="p", description="", distill=False)
+        parse_config({}, ["--lambda-seg", "-1"], prog="p", description="", distill=False)
     assert stop.value.code == 2
-    assert "--lambda-seg expects a weight >= 0, got -1.0" in capsys.readouterr().err
+    assert "argument --lambda-seg: expected a weight >= 0, got '-1'" in capsys.readouterr().err

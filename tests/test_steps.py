@@ -10,8 +10,9 @@ import torch.multiprocessing as mp
 
 from model import Discriminator, build_seg_model
 from utils.config import TrainConfig
-from utils.objective import ADAPTATION, PARADIGMS, build_objective, knob_values
-from utils.steps import TrainStep, poly_lr, step_status
+from utils.objective import ADAPTATION, PARADIGMS, build_objective, knobs_of
+from utils.optim import Optimisers, poly_lr
+from utils.steps import RunningStatistics, TrainStep, step_status
 
 
 def _batch(seed: int, with_label: bool = True) -> dict:
@@ -25,28 +26,31 @@ def _batch(seed: int, with_label: bool = True) -> dict:
 
 
 def _objective(spec=ADAPTATION[0], **knobs):
-    return build_objective(spec, knob_values(TrainConfig(**knobs)))
+    return build_objective(spec, knobs_of(TrainConfig(**knobs)), num_classes=3)
 
 
 SOURCE_ONLY = {"lambda_adv_aux": 0.0, "lambda_adv_main": 0.0}
 
 
-def _step(objective, teacher=None, lr=0.01):
+def _step(objective, teacher=None, lr=0.01, amp="off"):
+    """A net, its step and the run's optimisers (SGD lr, momentum 0.9; Adam 1e-4; no schedule applied)."""
     torch.manual_seed(0)
     net = build_seg_model("drn_d_22", num_classes=3)
     discs = (Discriminator(3), Discriminator(3))
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
-    d_opts = tuple(torch.optim.Adam(d.parameters(), lr=1e-4) for d in discs)
-    return net, TrainStep(net, discs, opt, d_opts, objective, torch.device("cpu"), teacher=teacher)
+    optimisers = Optimisers(net, discs, TrainConfig(learning_rate=lr, learning_rate_d=1e-4, amp=amp), "cpu")
+    optimisers.start_phase(100, objective.adversarial_levels)
+    step = TrainStep(net, discs, objective, torch.device("cpu"), teacher=teacher, scale=optimisers.scale)
+    return net, step, optimisers
 
 
 def test_segmentation_loss_falls_on_a_fixed_batch():
-    net, step = _step(_objective(**SOURCE_ONLY))
+    net, step, optimisers = _step(_objective(**SOURCE_ONLY))
     batch = _batch(0)
     first = None
     for _ in range(15):
+        optimisers.zero_grad()
         losses = step([batch], [])
-        step.apply()
+        optimisers.step()
         first = first if first is not None else float(losses["seg_main_src"])
     assert float(losses["seg_main_src"]) < 0.7 * first
 
@@ -55,22 +59,23 @@ def test_gradients_reach_every_student_parameter_and_no_frozen_teacher_parameter
     torch.manual_seed(1)
     teacher = build_seg_model("drn_d_22", num_classes=3)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    net, step = _step(_objective(PARADIGMS["both"][0]), teacher=teacher)
+    net, step, optimisers = _step(_objective(PARADIGMS["both"][0]), teacher=teacher)
     step([_batch(0)], [_batch(1, with_label=False)])
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
     assert all(p.grad is None for p in teacher.parameters())
     assert not teacher.training
-    step.apply()
+    optimisers.step()
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
 
 
 def test_iter_size_accumulates_the_mean_of_the_sub_batches():
-    net, step = _step(_objective(**SOURCE_ONLY))
+    net, step, optimisers = _step(_objective(**SOURCE_ONLY))
     a, b = _batch(0), _batch(1)
     merged = {"image": torch.cat([a["image"], b["image"]]), "label": torch.cat([a["label"], b["label"]])}
     net.eval()  # batch-norm in eval so that batch composition does not change the statistics
     step([a, b], [])
     split = [p.grad.clone() for p in net.parameters()]
+    optimisers.zero_grad()
     step([merged], [])
     whole = [p.grad.clone() for p in net.parameters()]
     assert all(torch.allclose(s, w, atol=1e-5) for s, w in zip(split, whole))
@@ -107,17 +112,42 @@ def test_step_status_is_agreed_across_ranks(tmp_path):
 
 
 def test_fp16_scaler_steps_only_the_discriminators_in_use():
-    torch.manual_seed(0)
-    net = build_seg_model("drn_d_22", num_classes=3)
-    discs = (Discriminator(3), Discriminator(3))
-    opt = torch.optim.SGD(net.parameters(), lr=0.01)
-    d_opts = tuple(torch.optim.Adam(d.parameters(), lr=1e-4) for d in discs)
     # a single-level run (no aux adversarial term) with a loss scaler, as --amp fp16 builds on CUDA
-    step = TrainStep(net, discs, opt, d_opts, _objective(lambda_adv_aux=0.0), torch.device("cpu"),
-                     scaler=torch.amp.GradScaler("cpu", enabled=True))
+    net, step, optimisers = _step(_objective(lambda_adv_aux=0.0), amp="fp16")
+    discs = step.discriminators
+    assert optimisers.scaler.is_enabled()
     aux_before = [p.clone() for p in discs[0].parameters()]
     main_before = [p.clone() for p in discs[1].parameters()]
     step([_batch(0)], [_batch(1, with_label=False)])
-    step.apply()
+    optimisers.step()
     assert all(torch.equal(a, b) for a, b in zip(aux_before, discs[0].parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(main_before, discs[1].parameters()))
+
+
+def test_running_statistics_put_back_undo_what_a_forward_did_to_batch_norm():
+    net, step, _ = _step(_objective(**SOURCE_ONLY))
+    statistics = RunningStatistics(net)
+    before = {k: v.clone() for k, v in net.state_dict().items() if "running" in k or "num_batches" in k}
+    statistics.keep()
+    poisoned = _batch(0)
+    poisoned["image"][0, 0, 0, 0] = float("inf")  # a non-finite forward: NaN/Inf running statistics
+    step([poisoned], [])
+    assert any(not torch.isfinite(v.float()).all() for k, v in net.state_dict().items() if "running_var" in k)
+    statistics.put_back()
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in before.items())
+
+
+def test_the_teacher_runs_only_for_terms_that_read_it():
+    calls = []
+    torch.manual_seed(1)
+    teacher = build_seg_model("drn_d_22", num_classes=3)
+    teacher.register_forward_hook(lambda *args: calls.append(1))
+    # the original form's KL terms read no teacher: alone on target batches, they must not run it
+    objective = _objective(PARADIGMS["target"][0], form="original", lambda_mse=0.0, lambda_pseudo=0.0)
+    assert not objective.reads_teacher("target") and not objective.needs_teacher
+    _, step, _ = _step(objective, teacher=teacher)
+    step([_batch(0)], [_batch(1, with_label=False)])
+    assert calls == []
+    _, step, _ = _step(_objective(PARADIGMS["target"][0]), teacher=teacher)
+    step([_batch(0)], [_batch(1, with_label=False)])
+    assert calls == [1]  # the target pass only: paradigm (b) has no distillation on source batches

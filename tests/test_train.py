@@ -13,7 +13,8 @@ import train_gta2cs_multi_drnd38 as teacher_script
 import train_gta2cs_ts_multi as distill_script
 from model import build_seg_model, save_final
 from tests.conftest import run_script, tiny_train_args
-from utils.errors import CheckpointError
+from utils.cli import run_cli
+from utils.errors import CheckpointError, ConfigError
 from utils.logger import read_log
 
 
@@ -37,15 +38,15 @@ def teacher_ckpt(tmp_path_factory) -> Path:
 @pytest.fixture
 def loaded_teachers(monkeypatch) -> list:
     """Every net the engine builds from a checkpoint (the --teacher), as the engine holds it."""
-    import utils.engine as engine
+    import utils.nets as nets
 
-    loaded, real = [], engine.build_from_checkpoint
+    loaded, real = [], nets.build_from_checkpoint
 
     def capture(*args, **kwargs):
         loaded.append(real(*args, **kwargs))
         return loaded[-1]
 
-    monkeypatch.setattr(engine, "build_from_checkpoint", capture)
+    monkeypatch.setattr(nets, "build_from_checkpoint", capture)
     return loaded
 
 
@@ -129,16 +130,16 @@ def test_source_only_run_has_no_adversarial_terms(synthetic_root, tmp_path):
 
 
 def test_bdd_source_and_bf16_autocast_run_on_cpu(synthetic_root, tmp_path, monkeypatch):
-    import utils.engine as engine
+    import utils.nets as nets
 
-    dtypes, real = set(), engine.build_seg_model
+    dtypes, real = set(), nets.build_seg_model
 
     def spy(*args, **kwargs):
         net = real(*args, **kwargs)
         net.base.layer0[0].register_forward_hook(lambda module, inputs, output: dtypes.add(output.dtype))
         return net
 
-    monkeypatch.setattr(engine, "build_seg_model", spy)
+    monkeypatch.setattr(nets, "build_seg_model", spy)
     out = tmp_path / "run"
     args = [*tiny_train_args(synthetic_root, out, source="bdd", steps=1), "--amp", "bf16"]
     assert teacher_script.main(args) == 0
@@ -182,17 +183,17 @@ def test_log_plotter_and_tensorboard_events(synthetic_root, tmp_path):
 
 
 def test_zero_init_residual_flag_reaches_the_network(synthetic_root, tmp_path, monkeypatch):
-    import utils.engine as engine
+    import utils.nets as nets
 
     built = {}
-    original = engine.build_seg_model
+    original = nets.build_seg_model
 
     def spy(*args, **kwargs):
         net = original(*args, **kwargs)
         built["bn"] = net.base.layer3[0].bn2.weight.detach().clone()
         return net
 
-    monkeypatch.setattr(engine, "build_seg_model", spy)
+    monkeypatch.setattr(nets, "build_seg_model", spy)
     out = tmp_path / "run"
     assert student_script.main([*tiny_train_args(synthetic_root, out, steps=1), "--zero-init-residual"]) == 0
     assert float(built["bn"].abs().sum()) == 0
@@ -221,9 +222,8 @@ def test_resume_refuses_another_aux_layer(synthetic_root, tmp_path, capsys):
     args = tiny_train_args(synthetic_root, out, steps=4)
     assert student_script.main([*args, "--num-steps-stop", "2"]) == 0
     for aux in ("5", "7"):  # 5: other shapes; 7: same shapes, the head would silently move
-        with pytest.raises(SystemExit):
+        with pytest.raises(ConfigError, match=f"--aux-layer {aux} \\(the run has 6\\)"):
             student_script.main([*args, "--resume", str(out / "last.pth"), "--aux-layer", aux])
-        assert f"--aux-layer {aux} (the run has 6)" in capsys.readouterr().err
     # a checkpoint without its settings (written by an older version) is still checked by the engine
     state = torch.load(out / "last.pth", weights_only=True)
     del state["config"]
@@ -238,7 +238,7 @@ def test_keep_best_survives_resumes(synthetic_root, tmp_path, monkeypatch):
     def fake_evaluate(net, loader, device, **kwargs):
         return {"mIoU": next(scores), "pixel_acc": 0.5}
 
-    monkeypatch.setattr("utils.evaluate.evaluate", fake_evaluate)
+    monkeypatch.setattr("utils.validation.evaluate", fake_evaluate)
     out = tmp_path / "run"
     args = [*tiny_train_args(synthetic_root, out, steps=6), "--eval-every", "2", "--keep-best"]
     last = str(out / "last.pth")
@@ -299,14 +299,11 @@ def test_resume_alone_continues_the_run_with_its_saved_settings(synthetic_root, 
     assert config["learning_rate"] == 0.002 and config["amp"] == "bf16" and config["log_every"] == 1
     assert config["data_dir"] == str(synthetic_root / "gta5")
     # a flag that would change the run is refused, naming it and the run's value
-    with pytest.raises(SystemExit) as stop:
-        student_script.main(["--resume", last, "--learning-rate", "0.5", "--batch-size", "2"])
-    assert stop.value.code == 2
+    assert run_cli(student_script.main, ["--resume", last, "--learning-rate", "0.5", "--batch-size", "2"]) == 2
     err = capsys.readouterr().err
     assert "--learning-rate 0.5 (the run has 0.002)" in err and "--batch-size" not in err
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match="it is a run of train_gta2cs_multi_drnd22.py"):
         teacher_script.main(["--resume", last])
-    assert "it is a run of train_gta2cs_multi_drnd22.py" in capsys.readouterr().err
 
 
 def test_resume_names_a_saved_data_folder_that_is_gone(synthetic_root, tmp_path, capsys):
@@ -318,9 +315,8 @@ def test_resume_names_a_saved_data_folder_that_is_gone(synthetic_root, tmp_path,
     args = [*tiny_train_args(synthetic_root, out, steps=4), "--data-dir", str(moved), "--num-steps-stop", "2"]
     assert student_script.main(args) == 0
     shutil.move(moved, tmp_path / "gta5_elsewhere")
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match=f"the run's --data-dir {moved} does not exist here; give --data-dir again"):
         student_script.main(["--resume", str(out / "last.pth")])
-    assert f"the run's --data-dir {moved} does not exist here; give --data-dir again" in capsys.readouterr().err
     host = ["--num-workers", "0", "--no-progress", "--device", "cpu"]
     assert student_script.main(["--resume", str(out / "last.pth"), *host,
                                 "--data-dir", str(tmp_path / "gta5_elsewhere")]) == 0
@@ -331,28 +327,28 @@ def test_sequential_second_phase_restarts_schedule_and_net_optimizer_and_keeps_t
     import utils.engine as engine
 
     made, ends = [], []
-    real_make_step, real_run_phase = engine._make_step, engine._run_phase
+    real_start_phase, real_train_phase = engine.start_phase, engine.train_phase
 
-    def make_step(run):
-        step = real_make_step(run)
-        made.append((run.phase.name, step, [{k: v.clone() for k, v in d.state_dict().items()} for d in run.discs]))
-        return step
-
-    def run_phase(run):
-        real_run_phase(run)
-        ends.append((run.step_fn.optimizer.state_dict()["state"],
+    def start_phase(run, state=None):
+        real_start_phase(run, state)
+        made.append((run.phase.name, run.optimisers.net_opt, run.optimisers.scaler,
                      [{k: v.clone() for k, v in d.state_dict().items()} for d in run.discs]))
 
-    monkeypatch.setattr(engine, "_make_step", make_step)
-    monkeypatch.setattr(engine, "_run_phase", run_phase)
+    def train_phase(run):
+        real_train_phase(run)
+        ends.append((run.optimisers.net_opt.state_dict()["state"],
+                     [{k: v.clone() for k, v in d.state_dict().items()} for d in run.discs]))
+
+    monkeypatch.setattr(engine, "start_phase", start_phase)
+    monkeypatch.setattr(engine, "train_phase", train_phase)
     out = tmp_path / "run"
     args = [*tiny_train_args(synthetic_root, out, steps=2), "--teacher", str(teacher_ckpt), "--paradigm",
             "sequential", "--num-steps-target", "2", "--learning-rate", "0.01"]
     assert distill_script.main(args) == 0
-    (first, step1, d_start), (second, step2, d_at_second) = made
+    (first, opt1, scaler1, d_start), (second, opt2, scaler2, d_at_second) = made
     assert (first, second) == ("both", "target")
-    assert step2.optimizer is not step1.optimizer and ends[0][0]  # phase 1 had momentum buffers ...
-    assert step2.scaler is step1.scaler  # the fp16 loss scaler carries over (disabled here, the same object)
+    assert opt2 is not opt1 and ends[0][0]  # phase 1 had momentum buffers ...
+    assert scaler2 is scaler1  # the fp16 loss scaler carries over (disabled here, the same object)
     lrs = [(r["phase"], r["lr"]) for r in read_log(out / "log.jsonl")]
     assert lrs[0] == ("both", 0.01) and lrs[2] == ("target", 0.01)  # ... and the poly schedule restarts
     for kept, trained, initial in zip(d_at_second, ends[0][1], d_start):

@@ -12,7 +12,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dataset.transforms import LABEL_SIZES
-from model import build_from_checkpoint
+from model import MAIN, build_from_checkpoint
 from utils.errors import CheckpointError, ConfigError
 from utils.metrics import ConfusionMatrix
 from utils.runtime import autocast, unwrap
@@ -30,7 +30,7 @@ def _main_logits(net: nn.Module, images: torch.Tensor, size: tuple[int, int]) ->
     seg_net = unwrap(net)
     if hasattr(seg_net, "main_logits"):
         return seg_net.main_logits(images, size)
-    return net(images, output_size=size)[1]
+    return net(images, output_size=size)[MAIN]
 
 
 @torch.no_grad()

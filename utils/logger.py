@@ -7,9 +7,12 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+
+from utils.checkpoint import write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,32 +43,55 @@ def environment() -> dict:
 
 
 class RunLogger:
-    """Appends every logged step to `log.jsonl` (and TensorBoard if available); silent on non-main ranks."""
+    """Appends every logged step to `log.jsonl` (and TensorBoard if available); silent on non-main ranks.
 
-    def __init__(self, folder: str | Path, enabled: bool = True, tensorboard: bool = True):
+    `resumed_at`: the global step a resumed run continues from. The records after it (steps that ran
+    after the last save and will run again) are dropped from log.jsonl and TensorBoard, and config.json
+    keeps the run's first description, with this resume appended to its `resumes`.
+    """
+
+    def __init__(self, folder: str | Path, enabled: bool = True, tensorboard: bool = True,
+                 resumed_at: int | None = None):
         self.folder = Path(folder)
         self.enabled = enabled
+        self.resumed_at = resumed_at
         self._writer = None
         self._file = None
         if not enabled:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.folder / "log.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        log = self.folder / "log.jsonl"
+        if resumed_at is not None and log.exists():
+            _drop_records_after(log, resumed_at)
+        self._file = open(log, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard is optional
                 SummaryWriter = None
             if SummaryWriter is not None:
-                self._writer = SummaryWriter(log_dir=str(self.folder / "tb"))
+                purge = None if resumed_at is None else resumed_at + 1
+                self._writer = SummaryWriter(log_dir=str(self.folder / "tb"), purge_step=purge)
 
-    def write_run_info(self, config: dict, extra: dict | None = None) -> None:
-        """Save the resolved configuration, git revision and environment beside the checkpoints."""
+    def write_run_info(self, config: dict, extra: dict | None = None, kept: Iterable[str] = ()) -> None:
+        """Save the resolved configuration, git revision, environment and command line beside the checkpoints.
+
+        A resumed run keeps the first description and appends its own to its `resumes` list, with the
+        settings among `kept` (those a run keeps across a resume) that it changed.
+        """
         if not self.enabled:
             return
+        path = self.folder / "config.json"
         info = {"config": config, "git": git_revision(), "environment": environment(),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv, **(extra or {})}
-        (self.folder / "config.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+        first = _read_json(path) if self.resumed_at is not None else None
+        if first is not None and isinstance(first.get("config"), dict):
+            before = first["config"]
+            changed = {k: [before.get(k), config.get(k)] for k in kept if before.get(k) != config.get(k)}
+            resume = {"at_step": self.resumed_at, **{k: info[k] for k in ("started", "argv", "git", "environment")},
+                      "changed": changed}
+            info = {**first, "resumes": [*first.get("resumes", []), resume]}
+        write_text_atomic(path, json.dumps(info, indent=2, default=str) + "\n")
 
     def log(self, step: int, values: dict[str, float], phase: str | None = None) -> None:
         """Record named scalars for a step."""
@@ -89,6 +115,28 @@ class RunLogger:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _drop_records_after(log: Path, step: int) -> None:
+    """Rewrite `log` without the step records after `step` (and without a line a crash cut short)."""
+    kept = []
+    with open(log, encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if not (isinstance(record, dict) and record.get("step", 0) > step):
+                kept.append(line if line.endswith("\n") else line + "\n")
+    write_text_atomic(log, "".join(kept))
 
 
 def read_log(path: str | Path) -> list[dict]:

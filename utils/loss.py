@@ -27,17 +27,12 @@ def seg_loss(log_probs: Tensor, labels: Tensor, ignore_index: int = 255) -> Tens
     return total / valid
 
 
-def adversarial_loss(d_logits: Tensor, target_is_source: bool | float, gan: str = "Vanilla") -> Tensor:
-    """Discriminator logits against a constant domain label.
+def adversarial_loss(d_logits: Tensor, domain_label: float, gan: str = "Vanilla") -> Tensor:
+    """Discriminator logits against a constant domain label (SOURCE_LABEL or TARGET_LABEL).
 
-    ``target_is_source``: True -> SOURCE_LABEL (0), False -> TARGET_LABEL (1), a float -> that label.
     ``gan``: "Vanilla" (BCE with logits) or "LS" (least squares: MSE on the logits).
     """
-    if isinstance(target_is_source, bool):
-        label = SOURCE_LABEL if target_is_source else TARGET_LABEL
-    else:
-        label = float(target_is_source)
-    target = torch.full_like(d_logits, label)
+    target = torch.full_like(d_logits, float(domain_label))
     mode = gan.lower()
     if mode == "vanilla":
         return F.binary_cross_entropy_with_logits(d_logits, target)

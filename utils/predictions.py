@@ -26,6 +26,7 @@ from PIL import Image
 
 from dataset.labels import TRAIN_ID_TO_LABEL_ID, colorize
 from dataset.layouts import BDD, Layout
+from utils.checkpoint import write_text_atomic
 from utils.errors import DatasetError
 
 # CITY_SEQ_FRAME_...: the official scripts split the file name on "_", so a city holds no "_".
@@ -197,12 +198,3 @@ class PredictionWriter:
                    "items": self.entries}
         write_text_atomic(path, json.dumps(payload, indent=2))
         return path
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -7,6 +7,7 @@ import functools
 import os
 import random
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from utils.errors import ConfigError
+from utils.errors import ConfigError, UserError
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 DIST_TIMEOUT_MINUTES = 60  # rank 0 validates and writes checkpoints while the other ranks wait in a collective
@@ -197,6 +198,27 @@ def local_gpu(local_rank: int) -> int:
 def is_main_process() -> bool:
     """True unless torchrun started this process with a RANK other than 0 (usable before and after the group)."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def once_per_node(info: DistInfo, device: torch.device, action: Callable[[], object]) -> None:
+    """Run `action` on local rank 0 of every node while the node's other processes wait, e.g. a download that
+    they then find in the node's cache. A `UserError` on any node stops every process: its own error where it
+    happened, a one-line `ConfigError` elsewhere. Outside torchrun, `action` simply runs."""
+    if not info.enabled:
+        action()
+        return
+    error = None
+    if info.local_rank == 0:
+        try:
+            action()
+        except UserError as err:
+            error = err
+    failed = torch.tensor([0.0 if error is None else 1.0], device=device)
+    dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+    if error is not None:
+        raise error
+    if failed.item() > 0:
+        raise ConfigError("stopped: local rank 0 of a node failed (its one-line error says why)")
 
 
 def barrier(info: DistInfo) -> None:

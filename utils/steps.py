@@ -1,7 +1,12 @@
-"""One training iteration (docs/method.md#iteration): source terms, target terms, then the discriminators."""
+"""One training iteration (docs/method.md#iteration): source terms, target terms, then the discriminators.
+
+The step computes gradients and returns the terms; the run's optimisers (utils/optim.py) zero them
+before and apply them after.
+"""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from itertools import zip_longest
 
 import torch
@@ -9,19 +14,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from utils.loss import SOURCE_LABEL, TARGET_LABEL, adversarial_loss
-from utils.objective import DOMAINS, LEVELS, Objective, TermInputs
+from utils.objective import DOMAINS, LEVELS, MAIN, Objective, TermInputs
 from utils.runtime import autocast, unwrap
-
-
-def poly_lr(base_lr: float, step: int, total_steps: int, power: float = 0.9) -> float:
-    """The poly schedule `base_lr * (1 - step / total_steps) ** power`."""
-    return base_lr * (1.0 - min(step, total_steps) / total_steps) ** power
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set the learning rate of every parameter group."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
 
 
 def freeze_teacher(teacher: nn.Module) -> nn.Module:
@@ -50,31 +44,32 @@ class _Totals:
         self.values[name] = self.values.get(name, 0.0) + value.detach() / self.n
 
 
+def _unscaled(loss: Tensor) -> Tensor:
+    return loss
+
+
 class TrainStep:
-    """One optimisation step of the segmentation net and, when the phase adapts, of D1 and D2.
+    """The gradients of one step for the segmentation net and, when the phase adapts, for D1 and D2.
 
     `objective` says which terms apply on source and target batches and how they are weighted;
-    `teacher`, when given, is frozen and supplies the distillation targets. `scaler` is the fp16 loss
-    scaler of the run (disabled otherwise), kept across phases.
+    `teacher`, when given, is frozen and supplies the distillation targets; `scale` prepares a loss for its
+    backward (the run's fp16 loss scaling). Gradients accumulate into `.grad`: zero them before a step.
     """
 
-    def __init__(self, net: nn.Module, discriminators: tuple[nn.Module, nn.Module], optimizer: torch.optim.Optimizer,
-                 d_optimizers: tuple[torch.optim.Optimizer, torch.optim.Optimizer], objective: Objective,
+    def __init__(self, net: nn.Module, discriminators: tuple[nn.Module, nn.Module], objective: Objective,
                  device: torch.device, *, amp: str = "off", teacher: nn.Module | None = None,
-                 channels_last: bool = False, scaler: torch.amp.GradScaler | None = None):
+                 channels_last: bool = False, scale: Callable[[Tensor], Tensor] = _unscaled):
         self.net, self.discriminators, self.teacher = net, discriminators, teacher
-        self.optimizer, self.d_optimizers = optimizer, d_optimizers
-        self.objective, self.device, self.amp, self.channels_last = objective, device, amp, channels_last
-        self.scaler = scaler or torch.amp.GradScaler(device.type, enabled=(amp == "fp16"))
+        self.objective, self.device, self.amp, self.channels_last, self.scale = (
+            objective, device, amp, channels_last, scale)
         if teacher is not None:
             freeze_teacher(teacher)
 
     def __call__(self, source_batches: list[dict], target_batches: list[dict]) -> dict[str, Tensor]:
-        """One step over `len(source_batches)` accumulated sub-batches (iter_size); returns the named terms
+        """Backward over `len(source_batches)` accumulated sub-batches (iter_size); return the named terms
         (unweighted), the discriminators' losses and `total` (the net's weighted objective), detached."""
         objective, n = self.objective, len(source_batches)
-        gan = objective.knobs["gan"]
-        self.discard()
+        gan = objective.knobs.gan
         log = _Totals(n)
         for i, (src, tgt) in enumerate(zip_longest(source_batches, target_batches or [])):
             last = i == n - 1  # DDP all-reduces in the last backward through each module only
@@ -105,33 +100,19 @@ class TrainStep:
         return the net's (aux, main) log-probabilities."""
         images = self._images(batch)
         pred = self._forward(self.net, images)
-        terms = self.objective.terms(domain)
         inputs = TermInputs(
             student=pred, knobs=self.objective.knobs,
             labels=batch["label"].to(self.device, non_blocking=True) if "label" in batch else None,
-            teacher=self._teacher(images) if any(t.teacher for t, _ in terms) else None,
+            teacher=self._teacher(images) if self.objective.reads_teacher(domain) else None,
             discriminate=lambda level, log_probs: self._discriminate(unwrap(self.discriminators[level]), log_probs))
-        total = pred[1].new_zeros(())
-        for term, weight in terms:
+        total = pred[MAIN].new_zeros(())
+        for term in self.objective.terms(domain):
             value = term.fn(inputs)
             log.add(f"{term.name}_{DOMAINS[domain]}", value)
-            total = total + weight * value
+            total = total + term.weight * value
         log.add("total", total)
         self._backward(total, log.n)
         return pred
-
-    def apply(self) -> None:
-        """Step the optimizers on the accumulated gradients (call after a finite `__call__`)."""
-        self.scaler.step(self.optimizer)
-        for level in self.objective.adversarial_levels:  # a discriminator without gradients: fp16's scaler refuses it
-            self.scaler.step(self.d_optimizers[level])
-        self.scaler.update()
-
-    def discard(self) -> None:
-        """Drop the accumulated gradients (before a step, and for a step that is skipped)."""
-        self.optimizer.zero_grad(set_to_none=True)
-        for opt in self.d_optimizers:
-            opt.zero_grad(set_to_none=True)
 
     # --- devices and precision -------------------------------------------------------------------------
     def _images(self, batch: dict) -> Tensor:
@@ -154,13 +135,34 @@ class TrainStep:
             return disc(log_probs.exp()).float()
 
     def _backward(self, loss: Tensor, sub_batches: int) -> None:
-        self.scaler.scale(loss / sub_batches).backward()
+        self.scale(loss / sub_batches).backward()
 
 
 def _requires_grad(modules: tuple[nn.Module, ...], flag: bool) -> None:
     for module in modules:
         for p in module.parameters():
             p.requires_grad_(flag)
+
+
+class RunningStatistics:
+    """The batch-norm running statistics of a net, copied before a step so that a skipped step can put them
+    back: the forward of a step whose loss is not finite must not leave NaN or Inf in them."""
+
+    def __init__(self, net: nn.Module):
+        self.buffers = [buffer for module in net.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)
+                        for buffer in (module.running_mean, module.running_var, module.num_batches_tracked)
+                        if buffer is not None]
+        self.copies = [buffer.clone() for buffer in self.buffers]
+
+    def keep(self) -> None:
+        """Copy the statistics as they are now."""
+        for copy, buffer in zip(self.copies, self.buffers):
+            copy.copy_(buffer)
+
+    def put_back(self) -> None:
+        """Restore the statistics kept last."""
+        for copy, buffer in zip(self.copies, self.buffers):
+            buffer.copy_(copy)
 
 
 def step_status(losses: dict[str, Tensor], stop_signal: int | None = None,
