@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from dataset import build_dataset
 from dataset.sampling import StreamSampler, seed_worker
 from model import DEFAULT_AUX_LAYER, Discriminator, build_from_checkpoint, build_seg_model, load_weights, save_final
-from utils.checkpoint import TRAIN_FORMAT, load_training_state, save_training_state
+from utils.checkpoint import TRAIN_FORMAT, load_training_state, remove_interrupted_saves, save_training_state
 from utils.cli import check_output
 from utils.config import TrainConfig, run_name
 from utils.distributed import find_unused_parameters
@@ -220,8 +220,8 @@ def training_state(run: Run) -> dict:
         "net": core.state_dict(), "d1": unwrap(run.discs[0]).state_dict(), "d2": unwrap(run.discs[1]).state_dict(),
         "optimizer": step_fn.optimizer.state_dict(), "optimizer_d1": step_fn.d_optimizers[0].state_dict(),
         "optimizer_d2": step_fn.d_optimizers[1].state_dict(), "scaler": run.scaler.state_dict(),
-        "phase": run.phase_index, "step": run.step, "global_step": run.global_step,
-        "nonfinite_skipped": run.skipped, "rng": rng_state(), "config": run.cfg.to_dict(), "best_val_mIoU": best,
+        "phase": run.phase_index, "step": run.step, "global_step": run.global_step, "nonfinite_skipped": run.skipped,
+        "rng": rng_state(run.device), "config": run.cfg.to_dict(), "best_val_mIoU": best,
     }
 
 
@@ -255,7 +255,7 @@ def _restore(run: Run, state: dict) -> None:
     step_fn.d_optimizers[1].load_state_dict(state["optimizer_d2"])
     if state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"])
+    set_rng_state(state["rng"], run.device)
 
 
 # --- the loop -------------------------------------------------------------------------------------------
@@ -332,6 +332,8 @@ def _start(cfg: TrainConfig, info: DistInfo, device: torch.device) -> tuple[Run,
         discs[0].load_state_dict(state["d1"])
         discs[1].load_state_dict(state["d2"])
     net, discs = _wrap_ddp(cfg, info, device, net, discs)
+    if info.is_main:  # what a killed save left (.*.tmp, .last.pth.PID.link), now that every input is checked
+        remove_interrupted_saves(folder)
     logger = RunLogger(folder, enabled=info.is_main)
     logger.write_run_info(cfg.to_dict(), {"run_name": folder.name, "world_size": info.world_size,
                                           "device": str(device), "phases": [p.name for p in phases]})
