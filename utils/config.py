@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from model.discriminator import MIN_SIZE
-from utils.cli import ArgumentParser, DefaultsHelpFormatter, non_negative_int, positive_int, size_arg
+from utils.cli import ArgumentParser, DefaultsHelpFormatter, finite_float, non_negative_int, positive_int, size_arg
 from utils.objective import ALIASES, KNOBS, PARADIGMS
 
 SOURCES = ("gta5", "bdd", "cityscapes")  # cityscapes: its own labels, the "oracle" upper bound
@@ -211,11 +211,11 @@ def build_parser(defaults: TrainConfig, *, prog: str, description: str, distill:
                    help="length of the poly learning-rate schedule")
     g.add_argument("--num-steps-stop", dest="num_steps_stop", type=positive_int, default=d.num_steps_stop,
                    help="stop after this many steps")
-    g.add_argument("--learning-rate", dest="learning_rate", type=float, default=d.learning_rate)
-    g.add_argument("--learning-rate-D", dest="learning_rate_d", type=float, default=d.learning_rate_d)
-    g.add_argument("--momentum", type=float, default=d.momentum)
-    g.add_argument("--weight-decay", dest="weight_decay", type=float, default=d.weight_decay)
-    g.add_argument("--power", type=float, default=d.power, help="poly learning-rate exponent")
+    g.add_argument("--learning-rate", dest="learning_rate", type=finite_float, default=d.learning_rate)
+    g.add_argument("--learning-rate-D", dest="learning_rate_d", type=finite_float, default=d.learning_rate_d)
+    g.add_argument("--momentum", type=finite_float, default=d.momentum)
+    g.add_argument("--weight-decay", dest="weight_decay", type=finite_float, default=d.weight_decay)
+    g.add_argument("--power", type=finite_float, default=d.power, help="poly learning-rate exponent")
     g = p.add_argument_group("objective", "weights and options of the loss terms (utils/objective.py)")
     for knob in KNOBS:
         if distill or not knob.teacher:
@@ -281,7 +281,7 @@ def add_knob_flag(group: argparse._ActionsContainer, knob, default) -> None:
     if knob.choices:
         group.add_argument(*flags, dest=knob.name, choices=knob.choices, default=default, help=knob.help)
     else:
-        group.add_argument(*flags, dest=knob.name, type=float, default=default, help=knob.help)
+        group.add_argument(*flags, dest=knob.name, type=finite_float, default=default, help=knob.help)
 
 
 def parse_config(defaults: TrainConfig, argv: Sequence[str] | None, *, prog: str, description: str,
