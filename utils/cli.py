@@ -124,7 +124,8 @@ def check_output(path: str | os.PathLike, flag: str, *, folder: bool = False) ->
 def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
     """Run a script's `main(argv)` and return its exit status (an int it returns, else 0).
 
-    A `UserError` becomes one line on stderr and exit status 2.
+    A `UserError`, or an `OSError` of a full disk or a read-only folder that names its file, becomes one
+    line on stderr and exit status 2; Ctrl-C (KeyboardInterrupt) and `Stopped` one line and 128 + signal.
 
     With `--debug` in argv (or DAKD_DEBUG=1) the traceback is shown instead.
     """
