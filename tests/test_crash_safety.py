@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -208,7 +207,7 @@ def test_a_save_that_cannot_be_written_is_one_line_and_keeps_the_previous_last_p
     out = tmp_path / "run"
     args = [*tiny_train_args(synthetic_root, out, steps=3), *SMALL, "--save-pred-every", "1"]
     saves = {"n": 0}
-    real_save, real_mkstemp = torch.save, tempfile.mkstemp
+    real_save, real_open = torch.save, os.open
 
     def save(obj, handle, *rest, **kwargs):  # the disk fills up halfway through the second save
         saves["n"] += 1
@@ -217,17 +216,17 @@ def test_a_save_that_cannot_be_written_is_one_line_and_keeps_the_previous_last_p
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(obj, handle, *rest, **kwargs)
 
-    def mkstemp(*rest, prefix="", dir=None, **kwargs):  # the folder turns read-only after the first save
-        if prefix.startswith(".last.pth."):
+    def create(file, flags, *rest, **kwargs):  # the folder turns read-only after the first save
+        if flags & os.O_CREAT and os.path.basename(file).startswith(".last.pth."):
             saves["n"] += 1
             if saves["n"] == 2:
-                raise OSError(errno.EROFS, "Read-only file system", os.path.join(dir, prefix + "x.tmp"))
-        return real_mkstemp(*rest, prefix=prefix, dir=dir, **kwargs)
+                raise OSError(errno.EROFS, "Read-only file system", str(file))
+        return real_open(file, flags, *rest, **kwargs)
 
     if failure == "full-disk":
         monkeypatch.setattr(torch, "save", save)
     else:
-        monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+        monkeypatch.setattr(os, "open", create)
     status = run_cli(student_script.main, args)
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1, err

@@ -188,26 +188,25 @@ class FullDisk:
 
     def __init__(self, monkeypatch, root: Path):
         self.root = str(root)
-        real_open, real_mkstemp = builtins.open, tempfile.mkstemp
+        real_open, real_os_open = builtins.open, os.open
 
         def below(path) -> bool:
             return isinstance(path, (str, os.PathLike)) and os.path.abspath(path).startswith(self.root)
 
-        def full_open(file, mode="r", *args, **kwargs):
+        def full_open(file, mode="r", *args, **kwargs):  # Python's open
             if below(file) and any(m in mode for m in "wax+"):
                 real_open(file, mode.replace("r", "").replace("+", "") or "w").close()  # created / truncated
                 return real_open("/dev/full", "wb" if "b" in mode else "w")
             return real_open(file, mode, *args, **kwargs)
 
-        def full_mkstemp(*args, **kwargs):
-            fd, path = real_mkstemp(*args, **kwargs)
-            if below(path):
-                os.close(fd)
-                fd = os.open("/dev/full", os.O_WRONLY)
-            return fd, path
+        def full_os_open(file, flags, *args, **kwargs):  # the system call
+            if below(file) and flags & (os.O_WRONLY | os.O_RDWR):
+                os.close(real_os_open(file, flags, *args, **kwargs))  # created / truncated
+                return real_os_open("/dev/full", os.O_WRONLY)
+            return real_os_open(file, flags, *args, **kwargs)
 
         monkeypatch.setattr(builtins, "open", full_open)
-        monkeypatch.setattr(tempfile, "mkstemp", full_mkstemp)
+        monkeypatch.setattr(os, "open", full_os_open)
 
 
 def test_a_full_disk_leaves_earlier_pngs_whole_and_is_one_line(checkpoint, synthetic_root, tmp_path, monkeypatch,
@@ -331,3 +330,24 @@ def test_a_resnet_state_dict_is_not_called_a_drn_backbone(tmp_path):
     with pytest.raises(CheckpointError) as err:
         weights.load_weights(build_seg_model("drn_d_22"), path)
     assert "(not a DRN) does not fit" in str(err.value)
+
+
+# --- the writer every command uses -----------------------------------------------------------------
+def test_atomic_write_gives_the_files_mode_of_open_and_leaves_nothing_on_failure(tmp_path):
+    from utils.errors import OutputError
+    from utils.files import atomic_write, write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "a.json", "{}\n")
+        with open(tmp_path / "b.json", "w") as handle:
+            handle.write("{}\n")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == (tmp_path / "b.json").stat().st_mode & 0o777 == 0o644
+    with pytest.raises(OutputError, match=rf"cannot write {tmp_path / 'a.json'}: No space left on device"), \
+            atomic_write(tmp_path / "a.json") as handle:
+        handle.write(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]
+    assert (tmp_path / "a.json").read_text() == "{}\n"

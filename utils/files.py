@@ -11,7 +11,7 @@ import contextlib
 import errno
 import os
 import re
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -49,7 +49,7 @@ def atomic_write(path: str | os.PathLike, *, durable: bool = True) -> Iterator[B
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
+        fd, tmp = _create_temporary(path)
     except OSError as err:
         if is_write_error(err):
             raise output_error(path, err) from err
@@ -69,6 +69,21 @@ def atomic_write(path: str | os.PathLike, *, durable: bool = True) -> Iterator[B
         raise
     if durable:
         fsync_folder(path.parent)
+
+
+def _create_temporary(path: Path) -> tuple[int, str]:
+    """A new hidden temporary file beside `path`, open for writing: (descriptor, its path).
+
+    Created with mode 0o666 less the umask, as `open` creates files (tempfile.mkstemp's 0o600 would
+    leave predictions and results unreadable to the rest of a group).
+    """
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path.parent))
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
