@@ -25,7 +25,6 @@ from torch.utils.data import DataLoader, Subset
 from dataset import build_dataset
 from dataset.labels import CLASSES, NUM_CLASSES
 from model import fold_batchnorm
-from utils.checkpoint import write_text_atomic
 from utils.cli import (
     ArgumentParser,
     add_checkpoint_reader_flags,
@@ -37,7 +36,8 @@ from utils.cli import (
 )
 from utils.errors import ConfigError
 from utils.evaluate import LABEL_SIZES, eval_collate, evaluate, load_net
-from utils.predictions import PredictionWriter
+from utils.files import write_text_atomic
+from utils.predictions import PredictionWriter, check_prediction_folder, clear_predictions
 from utils.runtime import AMP_DTYPES, resolve_device
 
 DATASET = "cityscapes"
@@ -96,7 +96,11 @@ def get_parser() -> ArgumentParser:
     p.add_argument("--json", default=None, help="write every figure to this JSON file")
     p.add_argument("--csv", default=None, help="write one row per class to this CSV file")
     p.add_argument("--save-pred", default=None, metavar="DIR",
-                   help="write label-id PNGs (official format), colour maps and overlays to DIR")
+                   help="write label-id PNGs (official format), colour maps and overlays to DIR, a new or empty "
+                        "folder")
+    p.add_argument("--overwrite-pred", action="store_true",
+                   help="--save-pred DIR may hold an earlier run's predictions: delete them first (once every "
+                        "input is checked); other files in DIR are still refused")
     add_checkpoint_reader_flags(p)
     return p
 
@@ -200,6 +204,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     for path, flag in ((args.json, "--json"), (args.csv, "--csv"), (args.save_pred, "--save-pred")):
         if path:
             check_output(path, flag, folder=flag == "--save-pred")
+    if args.save_pred:
+        check_prediction_folder(args.save_pred, "--save-pred", overwrite=args.overwrite_pred,
+                                own_files=[f for f in (args.json, args.csv) if f])
     device = resolve_device(args.device)
     args.device = device
     dataset = build_dataset(args.dataset, args.data_dir, args.split, list_path=args.data_list,
@@ -217,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     loader = DataLoader(subset, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers,
                         collate_fn=eval_collate, pin_memory=device.type == "cuda")
     writer = PredictionWriter(args.save_pred, args.dataset, layout=dataset.layout) if args.save_pred else None
+    if writer and args.overwrite_pred:  # every input is checked: the earlier predictions can go
+        clear_predictions(writer.out_dir)
     if writer and args.label_size == "input":
         print("eval_cs.py: note: --label-size input saves predictions at the input size; the official "
               "evaluator needs them at the label's full size (the default --label-size full)", file=sys.stderr)
@@ -232,7 +241,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(format_table(summary))
     if writer:
         summary["predictions"] = str(writer.out_dir)
-        print(f"predictions: {writer.write_manifest().parent} (official-format PNGs in {writer.result_dir})")
+        manifest = writer.write_manifest(checkpoint=str(args.restore_from))
+        print(f"predictions: {manifest.parent} (official-format PNGs in {writer.result_dir})")
     if args.json:
         write_text_atomic(args.json, json.dumps(summary, indent=2) + "\n")
         print(f"wrote {args.json}")

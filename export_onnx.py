@@ -36,10 +36,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dataset import build_dataset
 from model import ARCHS, build_seg_model, count_parameters
-from utils.checkpoint import write_text_atomic
-from utils.cli import ArgumentParser, check_output, one_line, positive_int, run_cli, size_arg
+from utils.cli import ArgumentParser, check_output, finite_float, one_line, positive_int, run_cli, size_arg
 from utils.errors import ConfigError
 from utils.evaluate import eval_collate, evaluate, load_net
+from utils.files import write_text_atomic
 from utils.onnx_net import OnnxSegNet, ort_session, require
 from utils.quantize import CALIB_COUNT, calibration_files, int8_path, quantize_int8
 
@@ -107,7 +107,7 @@ def get_parser() -> ArgumentParser:
     p.add_argument("--opset", type=opset_arg, default=OPSET, help=f"ONNX opset (default {OPSET}, at least {MIN_OPSET})")
     p.add_argument("--check-sizes", type=sizes_arg, default=sizes_arg(CHECK_SIZES),
                    help="'W,H W,H': sizes of the onnxruntime-vs-PyTorch check")
-    p.add_argument("--tolerance", type=float, default=TOLERANCE, help="largest accepted max abs difference")
+    p.add_argument("--tolerance", type=finite_float, default=TOLERANCE, help="largest accepted max abs difference")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
     p.add_argument("--card-size", type=size_arg, default=size_arg(CARD_SIZE), help="W,H for the GFLOPs")
     p.add_argument("--latency-size", type=size_arg, default=size_arg(LATENCY_SIZE), help="W,H for the latency")

@@ -14,6 +14,7 @@ rate (divided by --every), and with --label-ids OUT/labelIds/<name>/frame_NNNNNN
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -24,7 +25,16 @@ from tqdm import tqdm
 from dataset.decode import IMAGE_SUFFIXES, list_images, read_image
 from dataset.transforms import resize_pair, to_normalized
 from model import fold_batchnorm
-from utils.cli import ArgumentParser, add_checkpoint_reader_flags, check_output, positive_int, run_cli, size_arg
+from utils.cli import (
+    ArgumentParser,
+    add_checkpoint_reader_flags,
+    check_output,
+    finite_float,
+    positive_int,
+    run_cli,
+    size_arg,
+    stop_on_signals,
+)
 from utils.errors import ConfigError, DatasetError
 from utils.evaluate import load_net, predict_labels
 from utils.onnx_net import OnnxSegNet
@@ -58,7 +68,7 @@ def get_parser() -> ArgumentParser:
     p.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=FOLD_BN,
                    help="fold each batch norm into the convolution before it (faster, same masks up to float rounding)")
     p.add_argument("--flip", action="store_true", help="average with the mirrored image")
-    p.add_argument("--alpha", type=float, default=ALPHA, help="overlay opacity of the colour mask (0..1)")
+    p.add_argument("--alpha", type=finite_float, default=ALPHA, help="overlay opacity of the colour mask (0..1)")
     p.add_argument("--label-ids", action="store_true", help="also write Cityscapes label-id PNGs")
     p.add_argument("--every", type=positive_int, default=1,
                    help="video: keep every N-th frame (the output's frame rate is divided by N)")
@@ -146,15 +156,23 @@ def predict_images(net: torch.nn.Module, path: Path, args, device: torch.device)
 
 
 def predict_video(net: torch.nn.Module, reader: VideoReader, args, device: torch.device) -> list[dict]:
-    """OUT/<name>_overlay.mp4 (and label-id PNGs per kept frame), streamed frame by frame; returns one entry."""
+    """OUT/<name>_overlay.mp4 (and label-id PNGs per kept frame), streamed frame by frame; returns one entry.
+
+    Nothing is written before the first frame decodes: a video without a decodable frame is a
+    `DatasetError` that leaves no file.
+    """
     info, stem = reader.info, reader.path.stem
     out = Path(args.out)
     video_path = out / f"{stem}_overlay.mp4"
     total = None if info.frames is None else -(-info.frames // args.every)
+    frames = iter(reader)
+    first = next(frames, None)
+    if first is None:
+        raise DatasetError(f"--input {reader.path}: the video has no frame that can be decoded")
     kept = 0
     with VideoWriter(video_path, info.rate / args.every, info.width, info.height) as video, \
             tqdm(total=total, desc="predict", unit="frame", disable=args.no_progress) as bar:
-        for index, rgb in enumerate(reader):
+        for index, rgb in enumerate(itertools.chain([first], frames)):
             if index % args.every:
                 continue
             image = torch.from_numpy(rgb).permute(2, 0, 1)
@@ -178,7 +196,15 @@ def predict_video(net: torch.nn.Module, reader: VideoReader, args, device: torch
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
-    """Segment every input and write its colour mask and overlay (or overlay video); returns the written entries."""
+    """Segment every input and write its colour mask and overlay (or overlay video); returns the written entries.
+
+    SIGINT and SIGTERM stop it (status 130 / 143 through `run_cli`) with the partial video removed.
+    """
+    with stop_on_signals():
+        return _predict(argv)
+
+
+def _predict(argv: Sequence[str] | None) -> list[dict]:
     args = get_parser().parse_args(argv)
     if not 0.0 <= args.alpha <= 1.0:
         raise ConfigError(f"--alpha expects a value in [0, 1], got {args.alpha}")

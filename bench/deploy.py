@@ -28,7 +28,7 @@ import torch
 
 from bench.timing import timed
 from model import build_seg_model, fold_batchnorm
-from utils.checkpoint import write_text_atomic
+from utils.files import write_text_atomic
 from utils.onnx_net import ort_session, require
 
 NETS = (("student", "drn_d_22"), ("teacher", "drn_d_38"))

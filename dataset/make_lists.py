@@ -19,6 +19,7 @@ from dataset.layouts import GTA5, LAYOUTS
 from dataset.quirks import first_names
 from utils.cli import ArgumentParser, check_output, run_cli
 from utils.errors import DatasetError
+from utils.files import write_text_atomic
 
 
 def make_list(dataset: str, root: str | Path, split: str, out: str | Path, *, check_labels: bool = False) -> int:
@@ -33,9 +34,7 @@ def make_list(dataset: str, root: str | Path, split: str, out: str | Path, *, ch
         if missing:
             raise DatasetError(f"{len(missing)} of {len(files)} {dataset} labels are missing under {root} "
                                f"(expected {layout.description}); first: {', '.join(missing[:3])}")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(f"{f}\n" for f in files))
+    write_text_atomic(out, "".join(f"{f}\n" for f in files))
     return len(files)
 
 
@@ -77,9 +76,7 @@ def make_list_from_split_mat(root: str | Path, split_mat: str | Path, split: str
     if not kept:
         raise DatasetError(f"--split-mat {split_mat}: none of the {len(entries)} {split} frames is under {root} "
                            f"(expected {GTA5.description})")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(f"{e}\n" for e in kept))
+    write_text_atomic(out, "".join(f"{e}\n" for e in kept))
     gone = set(kept)
     return len(kept), [e for e in entries if e not in gone]
 

@@ -38,6 +38,7 @@ from dataset.synth_quirks import MIN_FRAMES, add_gta5_quirks
 from dataset.synth_scene import SceneParams, draw_scene
 from utils.cli import ArgumentParser, check_output, non_negative_int, positive_int, run_cli, size_arg
 from utils.errors import ConfigError
+from utils.files import write_bytes_atomic
 
 DEFAULT_NUM_TRAIN = 200
 DEFAULT_NUM_VAL = 50
@@ -142,21 +143,21 @@ def bdd_train_ids(train_ids: np.ndarray) -> np.ndarray:
 
 
 def _save_png(array: np.ndarray, path: Path, palette: bool = False) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     image = Image.fromarray(array)
     if palette:  # real GTA5 labels are palette PNGs whose indices are the label ids
         image = image.convert("P")
         colours = np.zeros((256, 3), np.uint8)
         colours[TRAIN_ID_TO_LABEL_ID[:NUM_CLASSES]] = PALETTE
         image.putpalette(colours.ravel().tolist())
-    image.save(path, compress_level=1)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def _save_jpeg(array: np.ndarray, path: Path, quality: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="JPEG", quality=quality)
-    path.write_bytes(buffer.getvalue())
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def frame_size(domain: str, size: tuple[int, int]) -> tuple[int, int]:

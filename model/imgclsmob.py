@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
+import zipfile
 from collections.abc import Mapping
 
 import torch
@@ -24,6 +25,10 @@ STEM_KEY = "features.init_block.conv.weight"
 ZOO_NAMES = {"drn_c_26": "drnc26", "drn_c_42": "drnc42", "drn_c_58": "drnc58", "drn_d_22": "drnd22",
              "drn_d_38": "drnd38", "drn_d_54": "drnd54", "drn_d_105": "drnd105"}
 """Our architecture name -> imgclsmob's model name, for the DRNs both zoos have."""
+
+MAX_PTH_BYTES = 1 << 30
+"""The largest ``.pth`` inside a zip that is read (declared uncompressed size): the biggest DRN with its
+ImageNet classifier, drn_d_107, holds 236 MB of float32 tensors."""
 
 _LEVEL_STAGE = (1, 2, 3, 4, 4, 4, 4, 4)  # imgclsmob's stage of each level 1..8
 _PARAM = re.compile(r"^(.*)\.(weight|bias|running_mean|running_var|num_batches_tracked)$")
@@ -120,3 +125,22 @@ def to_ours(state: Mapping[str, Tensor], arch: str | None = None) -> tuple[str, 
             return name, renamed
     raise ValueError("its imgclsmob module names match none of "
                      f"{', '.join(f'{ours} ({theirs})' for ours, theirs in ZOO_NAMES.items())}")
+
+
+def zipped_pth(archive: zipfile.ZipFile) -> zipfile.ZipInfo:
+    """The one ``.pth`` member of a zip as imgclsmob publishes them, checked before a byte of it is read.
+
+    Raises ValueError when the zip holds no or several ``.pth`` files, or when the member declares an
+    uncompressed size above ``MAX_PTH_BYTES`` (reading stops at the declared size, so a member cannot
+    grow past it).
+    """
+    members = [m for m in archive.infolist() if m.filename.endswith(".pth") and not m.is_dir()]
+    if len(members) != 1:
+        names = ", ".join(m.filename for m in members[:5])
+        raise ValueError(f"a zip holding {len(members)} .pth files{f' ({names})' if names else ''}; expected "
+                         "exactly one (as imgclsmob publishes them)")
+    member = members[0]
+    if member.file_size > MAX_PTH_BYTES:
+        raise ValueError(f"a zip whose {member.filename} declares {member.file_size / 1e9:.1f} GB uncompressed, "
+                         f"more than the {MAX_PTH_BYTES / 2**30:.0f} GiB a DRN checkpoint can need; not read")
+    return member

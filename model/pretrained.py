@@ -30,6 +30,7 @@ from typing import BinaryIO
 import torch
 from tqdm import tqdm
 
+from model import imgclsmob
 from model.drn import ARCHS, MODEL_URLS
 from utils.checkpoint import fsync_folder
 from utils.errors import CheckpointError
@@ -115,7 +116,7 @@ def file_digest(path: str, algorithm: str) -> str:
 
 def _urlopen(url: str, timeout: float) -> BinaryIO:
     request = urllib.request.Request(url, headers={"User-Agent": "dakd-weights"})
-    return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - addresses from our own table
+    return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - http(s)/ftp only (our table, is_url)
 
 
 def _reason(err: BaseException) -> str:
@@ -147,12 +148,10 @@ def _temp_file(folder: str, name: str) -> tuple[int, str]:
 def _unzip_one_pth(path: str, folder: str, name: str) -> str:
     """Extract the one ``.pth`` of an imgclsmob zip into a temporary file beside it; returns its path."""
     with zipfile.ZipFile(path) as archive:
-        members = [m for m in archive.namelist() if m.endswith(".pth")]
-        if len(members) != 1:
-            raise ValueError(f"the zip holds {len(members)} .pth files, expected 1")
+        member = imgclsmob.zipped_pth(archive)  # ValueError for a wrong count or a declared size too large
         fd, inner = _temp_file(folder, name)
         try:
-            with archive.open(members[0]) as src, os.fdopen(fd, "wb") as dst:
+            with archive.open(member) as src, os.fdopen(fd, "wb") as dst:
                 for chunk in iter(lambda: src.read(_CHUNK), b""):
                     dst.write(chunk)
                 dst.flush()
@@ -161,6 +160,28 @@ def _unzip_one_pth(path: str, folder: str, name: str) -> str:
             os.unlink(inner)
             raise
     return inner
+
+
+def download_file(url: str, path: str, opener: Opener | None = None, progress: bool = False) -> str:
+    """Download ``url`` to ``path`` through a temporary file beside it, renamed once complete; returns ``path``.
+
+    No checksum: for an address the user gave (``--restore-from URL``). Raises the opener's errors
+    (URLError, OSError, ...) as they come, leaving no file.
+    """
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, part = _temp_file(folder, os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as out, (opener or _urlopen)(url, TIMEOUT) as response:
+            _copy(response, out, os.path.basename(path), progress)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(part, path)
+    finally:
+        if os.path.exists(part):
+            os.unlink(part)
+    fsync_folder(folder)
+    return path
 
 
 def download(source: Source, folder: str, opener: Opener | None = None, progress: bool = True) -> str:
@@ -200,11 +221,17 @@ def cached(arch: str, cache_dir: str | None = None) -> tuple[str | None, list[st
     """(path of the first verified cached file of the chain or None, why each cached file was refused)."""
     folder = cache_dir or default_cache_dir()
     refused: list[str] = []
+    seen: set[str] = set()  # the authors' file and its archived copies share one name: check it once
     for source in sources(arch):
         path = os.path.join(folder, source.file_name)
-        if not os.path.isfile(path):
+        if path in seen or not os.path.isfile(path):
             continue
-        got = file_digest(path, source.algorithm)
+        seen.add(path)
+        try:
+            got = file_digest(path, source.algorithm)
+        except OSError as err:  # unreadable: not used, and a download may replace it
+            refused.append(f"{path} (in the cache: cannot be read, {err.strerror or _reason(err)}; not used)")
+            continue
         if source.matches(got):
             return path, refused
         refused.append(f"{path} (in the cache: {source.algorithm} starts {got[:8]}, expected {source.digest[:8]};"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import io
 import os
 import pickle
@@ -49,6 +50,10 @@ _NET_META = ("arch", "aux_layer", "num_classes")
 _UNUSED_KEY = re.compile(r"^(up\d*\.|(base\.)?fc\.)")
 _SHOW = 5  # offending keys listed in an error message
 _BACKBONE_FORMS = ("drn-backbone", "imgclsmob")  # ImageNet checkpoints: a DRN with its classifier
+# Keys only a DRN backbone has (levels 0 and 5-8); a ResNet's conv1, layer1-4 and fc do not count.
+_DRN_ONLY_KEY = re.compile(r"^layer[05678]\.")
+OTHER_NETWORK = "not a DRN"  # the form of a state dict whose keys are neither ours nor a DRN's
+URL_KEY_DIGITS = 16  # hex digits of the URL's SHA-256 in its cache file's name (url_cache_name)
 
 
 @dataclass
@@ -117,11 +122,11 @@ def _zipped_pth(path: str) -> io.BytesIO | None:
             names = archive.namelist()
             if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
                 return None
-            inner = [n for n in names if n.endswith(".pth")]
-            if len(inner) != 1:
-                raise CheckpointError(f"{path} is a zip holding {len(inner)} .pth files ({_first(inner)}); "
-                                      "expected exactly one (as imgclsmob publishes them)")
-            return io.BytesIO(archive.read(inner[0]))
+            try:
+                member = imgclsmob.zipped_pth(archive)  # its declared size is checked before it is read
+            except ValueError as err:
+                raise CheckpointError(f"{path} is {err}") from None
+            return io.BytesIO(archive.read(member))
     except (zipfile.BadZipFile, OSError, EOFError) as err:
         raise CheckpointError(f"{path} is a truncated or corrupt zip ({_short(err)})") from None
 
@@ -143,21 +148,33 @@ def _short(err: BaseException) -> str:
     return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
+def url_cache_name(url: str) -> str:
+    """The file name a URL's download is cached under: its whole address's key, then its own file name.
+
+    ``https://host/h1/final.pth`` -> ``url-<first 16 hex digits of the SHA-256 of the URL>-final.pth``: two
+    addresses that end in the same file name are two cache entries, and a name can be found by hand.
+    """
+    key = hashlib.sha256(url.encode("utf-8")).hexdigest()[:URL_KEY_DIGITS]
+    return f"url-{key}-{os.path.basename(urlparse(url).path) or 'download'}"
+
+
 def _load_url(url: str, cache_dir: str | None) -> Any:
-    """Weights from a URL through torch hub's cache, or a CheckpointError saying what to download where."""
+    """Weights from a URL, downloaded once into the cache (``url_cache_name``) and read as a local file is
+    (safe loading, a zip's declared size checked); a CheckpointError says what to download where."""
     cache_dir = cache_dir or default_cache_dir()
-    file_name = os.path.basename(urlparse(url).path)
-    cached = os.path.join(cache_dir, file_name)
+    cached = os.path.join(cache_dir, url_cache_name(url))
+    if not os.path.isfile(cached):
+        try:
+            pretrained.download_file(url, cached)
+        except (urllib.error.URLError, HTTPException, OSError, ValueError) as err:
+            raise CheckpointError(
+                f"could not download {url} ({_short(err)}); download it by hand and save it as {cached} "
+                f"(then it is found offline), or pass the downloaded file's path instead of the URL") from None
     try:
-        return torch.hub.load_state_dict_from_url(url, model_dir=cache_dir, map_location="cpu",
-                                                  progress=False, file_name=file_name, weights_only=True)
-    except (urllib.error.URLError, HTTPException, OSError) as err:
-        raise CheckpointError(
-            f"could not download {url} ({_short(err)}); download it by hand and save it as {cached} "
-            f"(then it is found offline), or pass the downloaded file's path instead of the URL") from None
-    except Exception as err:  # the download worked but the cached file does not load
-        raise CheckpointError(f"{cached} (downloaded from {url}) does not load ({_short(err)}); "
-                              "delete it and try again") from None
+        return _torch_load(cached)
+    except CheckpointError as err:  # the download worked but the cached file does not load
+        raise CheckpointError(f"{cached} (downloaded from {url}) does not load: {err}; delete it and try "
+                              "again") from None
 
 
 def read_checkpoint(path_or_url: str | os.PathLike, allow_pickle: bool = False, cache_dir: str | None = None) -> dict:
@@ -198,9 +215,23 @@ def _unwrap(ckpt: Mapping, source: str) -> tuple[str, dict[str, Tensor], dict[st
     elif not form or form == "state_dict":
         if any(k.startswith("base.") for k in state):
             form = "old-code" if any(k.startswith(("up1.", "up2.")) for k in state) else "segnet"
-        else:
+        elif any(_DRN_ONLY_KEY.match(k) for k in state):
             form = "drn-backbone"
-    return form, state, meta
+        else:  # e.g. a ResNet: conv1, layer1-4, fc
+            form = OTHER_NETWORK
+    return form, state, _checked_meta(meta, source)
+
+
+def _checked_meta(meta: dict[str, Any], source: str) -> dict[str, Any]:
+    """`meta` as a SegNet takes it, or a CheckpointError naming the file and the value that is wrong."""
+    arch, aux, classes = meta.get("arch"), meta.get("aux_layer"), meta.get("num_classes")
+    if "arch" in meta and arch not in ARCHS:
+        raise CheckpointError(f"{source} names the architecture {arch!r}, not one of {', '.join(ARCHS)}")
+    if aux is not None and (not isinstance(aux, int) or isinstance(aux, bool) or not 1 <= aux <= 8):
+        raise CheckpointError(f"{source} holds aux_layer {aux!r}; expected a DRN level, an integer from 1 to 8")
+    if "num_classes" in meta and (not isinstance(classes, int) or isinstance(classes, bool) or classes < 1):
+        raise CheckpointError(f"{source} holds num_classes {classes!r}; expected a positive integer")
+    return meta
 
 
 def _describe(net: nn.Module) -> str:
@@ -276,6 +307,9 @@ def build_from_checkpoint(path: str | os.PathLike, map_location: str | torch.dev
     for key, value in given.items():
         if value is not None and key in meta and meta[key] != value:
             raise CheckpointError(f"{source} holds {key} {meta[key]!r}, not the requested {value!r}")
+    if form == OTHER_NETWORK:
+        raise CheckpointError(f"{source} holds the weights of another network ({_first(sorted(state), 3)}): not a "
+                              "segmentation net of ours (base.*, seg1.*, seg2.*) nor a DRN (layer0-8)")
     if form in _BACKBONE_FORMS:
         raise CheckpointError(f"{source} holds a DRN backbone without the segmentation heads (an ImageNet "
                               "checkpoint): start a training run from it (--pretrained, --restore-from), it is "

@@ -1,8 +1,11 @@
 """Crash safety: checkpoints survive SIGKILL at any moment; --keep-last; SIGINT/SIGTERM save and resume;
-a NaN/Inf loss stops the run naming the step and the term, with the last good checkpoint kept."""
+a NaN/Inf loss stops the run naming the step and the term, with the last good checkpoint kept; a save on a
+full disk or into a read-only folder is one line; a run removes what killed saves left in its folder."""
 from __future__ import annotations
 
+import errno
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -62,7 +65,7 @@ SAVES = {
     "keep3": (3, 3, True, ["save .step_0000004.pth.*.tmp", "fsync .step_0000004.pth.*.tmp",
                            "replace .step_0000004.pth.*.tmp -> step_0000004.pth", "fsync .",
                            "link step_0000004.pth -> .last.pth.*.link", "replace .last.pth.*.link -> last.pth",
-                           "unlink step_0000001.pth"]),
+                           "fsync .", "unlink step_0000001.pth"]),
     "keep3-no-hard-links": (3, 3, False, ["save .step_0000004.pth.*.tmp", "fsync .step_0000004.pth.*.tmp",
                                           "replace .step_0000004.pth.*.tmp -> step_0000004.pth", "fsync .",
                                           "link step_0000004.pth -> .last.pth.*.link", "save .last.pth.*.tmp",
@@ -257,3 +260,63 @@ def test_a_resumed_run_logs_each_step_once_and_keeps_its_first_description(synth
     events = event_accumulator.EventAccumulator(str(out / "tb"))
     events.Reload()
     assert [e.step for e in events.Scalars("total")] == [1, 2, 3, 4]
+
+
+# --- a save that cannot be written, and what killed saves leave ------------------------------------
+@pytest.mark.parametrize("failure", ["full-disk", "read-only"])
+def test_a_save_that_cannot_be_written_is_one_line_and_keeps_the_previous_last_pth(synthetic_root, tmp_path,
+                                                                                   monkeypatch, capsys, failure):
+    out = tmp_path / "run"
+    args = [*tiny_train_args(synthetic_root, out, steps=3), *SMALL, "--save-pred-every", "1"]
+    saves = {"n": 0}
+    real_save, real_open = torch.save, os.open
+
+    def save(obj, handle, *rest, **kwargs):  # the disk fills up halfway through the second save
+        saves["n"] += 1
+        if saves["n"] == 2:
+            handle.write(b"half a checkpoint")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, handle, *rest, **kwargs)
+
+    def create(file, flags, *rest, **kwargs):  # the folder turns read-only after the first save
+        if flags & os.O_CREAT and os.path.basename(file).startswith(".last.pth."):
+            saves["n"] += 1
+            if saves["n"] == 2:
+                raise OSError(errno.EROFS, "Read-only file system", str(file))
+        return real_open(file, flags, *rest, **kwargs)
+
+    if failure == "full-disk":
+        monkeypatch.setattr(torch, "save", save)
+    else:
+        monkeypatch.setattr(os, "open", create)
+    status = run_cli(student_script.main, args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1, err
+    reason = "No space left on device" if failure == "full-disk" else "Read-only file system"
+    assert f"cannot write {out / 'last.pth'}: {reason}" in err[0]
+    monkeypatch.undo()
+    assert load_training_state(out / "last.pth")["step"] == 1  # the previous save, whole
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left
+    assert not (out / "final.pth").exists()
+
+
+def _dead_pid() -> int:
+    """The id of a process that has ended."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_run_starting_in_a_folder_removes_what_killed_saves_left(synthetic_root, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    dead, alive = _dead_pid(), os.getpid()
+    debris = [f".last.pth.{dead}-k2j4h6.tmp", f".last.pth.{dead}.link", f".step_0000004.pth.{dead}-a1b2c3.tmp",
+              ".last.pth.q8w7e6r5.tmp"]  # the last: a name of older versions, without a process id
+    kept = [f".last.pth.{alive}-z9y8x7.tmp", "notes.tmp", ".hidden"]  # a live writer's, and not ours
+    for name in debris + kept:
+        (out / name).write_bytes(b"x" * 100)
+    assert student_script.main([*tiny_train_args(synthetic_root, out, steps=1), *SMALL]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert not names & set(debris) and set(kept) <= names
+    assert {"last.pth", "final.pth"} <= names

@@ -60,20 +60,65 @@ def test_resume_restores_rng_of_a_run_that_saw_more_gpus(monkeypatch):
 
     saved = {**rng_state(), "cuda": [torch.full((16,), i, dtype=torch.uint8) for i in range(8)]}  # 8-GPU run
     gpus = FakeCuda(monkeypatch, count=4)
-    set_rng_state(saved)  # before the fix: invalid device ordinal at the 5th state
-    assert sorted(gpus.states) == [0, 1, 2, 3]
-    assert all(int(gpus.states[i][0]) == i for i in range(4))
+    set_rng_state(saved, torch.device("cuda", 3))  # before the fix: invalid device ordinal at the 5th state
+    assert list(gpus.states) == [3] and int(gpus.states[3][0]) == 3  # this rank's GPU only
+    one = FakeCuda(monkeypatch, count=1)
+    set_rng_state({**saved, "cuda": saved["cuda"][:1]}, torch.device("cuda", 0))
+    assert list(one.states) == [0] and int(one.states[0][0]) == 0
 
 
 def test_rng_state_saves_this_process_gpu_only_and_restores_it_on_another_count(monkeypatch):
     from utils.runtime import rng_state, set_rng_state
 
     FakeCuda(monkeypatch, count=8, current=5)
-    state = rng_state()
+    state = rng_state(torch.device("cuda", 5))
     assert torch.equal(state["cuda"], torch.full((16,), 5, dtype=torch.uint8))  # one state, not eight
     one = FakeCuda(monkeypatch, count=1)  # one GPU per task under CUDA_VISIBLE_DEVICES
-    set_rng_state(state)
+    set_rng_state(state, torch.device("cuda", 0))
     assert list(one.states) == [0] and int(one.states[0][0]) == 5
+
+
+def test_each_rank_restores_the_saved_cuda_state_on_its_own_gpu_only(monkeypatch):
+    from utils.runtime import rng_state, set_rng_state
+
+    gpus = FakeCuda(monkeypatch, count=4, current=0)
+    state = rng_state(torch.device("cuda", 0))  # rank 0 saves
+    for rank in range(4):  # a 4-rank resume: rank r on cuda:r
+        gpus.current = rank
+        set_rng_state(state, torch.device("cuda", rank))
+    assert sorted(gpus.states) == [0, 1, 2, 3] and gpus.set_device_calls == []
+
+
+class _NoGpu:
+    """torch.cuda on a GPU host, where any call of a run that must not touch a GPU fails the test."""
+
+    def __init__(self, monkeypatch):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)  # e.g. the logger asked for GPU names
+        for name in ("set_rng_state", "get_rng_state", "set_rng_state_all", "get_rng_state_all", "set_device",
+                     "current_device"):
+            monkeypatch.setattr(torch.cuda, name, self._fail(name))
+
+    @staticmethod
+    def _fail(name):
+        def call(*args, **kwargs):
+            raise AssertionError(f"torch.cuda.{name} called by a --device cpu run")
+        return call
+
+
+@pytest.mark.parametrize("saved", ["one", "per-gpu"])
+def test_a_cpu_resume_of_a_cuda_checkpoint_touches_no_gpu(monkeypatch, saved):
+    from utils.runtime import rng_state, set_rng_state
+
+    cuda = torch.zeros(16, dtype=torch.uint8) if saved == "one" else [torch.zeros(16, dtype=torch.uint8)] * 2
+    state = {**rng_state(), "cuda": cuda}  # written on CUDA
+    _NoGpu(monkeypatch)  # before the fix: set_rng_state reached torch.cuda whenever CUDA was available
+    expected = torch.rand(3)
+    set_rng_state(state, torch.device("cpu"))
+    again = rng_state(torch.device("cpu"))
+    assert "cuda" not in again
+    set_rng_state(state, torch.device("cpu"))
+    assert torch.equal(torch.rand(3), expected)  # the CPU generators are restored all the same
 
 
 # --- item 7: pinned memory only for a CUDA run ----------------------------------------------------
@@ -117,6 +162,24 @@ def test_a_local_rank_beyond_the_visible_gpus_is_a_one_line_error(monkeypatch):
         init_distributed("cuda")  # before the fix: "invalid device ordinal" from set_device
     assert "\n" not in str(err.value)
     assert not joined and not gpus.set_device_calls
+
+
+@pytest.mark.parametrize(("count", "local_world_size"), [(1, 2), (2, 4)])
+def test_more_ranks_on_a_node_than_visible_gpus_is_a_one_line_error_on_every_rank(monkeypatch, count,
+                                                                                  local_world_size):
+    from utils.runtime import init_distributed
+
+    gpus = FakeCuda(monkeypatch, count=count)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(count))))
+    for local_rank in range(local_world_size):  # rank 0 too: no rank joins and then waits for the others
+        joined = _torchrun_env(monkeypatch, rank=local_rank, local_rank=local_rank, world_size=local_world_size)
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_world_size))
+        with pytest.raises(ConfigError) as err:  # before the fix (one GPU): NCCL's "Duplicate GPU detected"
+            init_distributed("cuda")
+        message = str(err.value)
+        assert "\n" not in message and f"LOCAL_WORLD_SIZE {local_world_size}" in message
+        assert f"sees {count} CUDA device" in message and f"--nproc_per_node {count}" in message
+        assert not joined and not gpus.set_device_calls
 
 
 def test_one_visible_gpu_per_process_is_used_whatever_the_local_rank(monkeypatch):

@@ -10,7 +10,8 @@ from tests.conftest import REPO
 # utils modules that import nothing of the project but one another: errors, command-line helpers, settings,
 # files, devices, logs, losses and metrics. model/ and dataset/ may import these, and only these, of utils/.
 BOTTOM = {
-    "utils", "utils.errors", "utils.cli", "utils.settings", "utils.checkpoint", "utils.runtime", "utils.logger",
+    "utils", "utils.errors", "utils.cli", "utils.settings", "utils.files", "utils.checkpoint", "utils.runtime",
+    "utils.logger",
     "utils.loss", "utils.metrics", "utils.video", "utils.onnx_net", "utils.plot_log",
 }
 PACKAGES = ("utils", "model", "dataset", "bench")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import io
 import os
-import urllib.error
 
 import pytest
 import torch
@@ -17,7 +17,7 @@ from model import (
     read_checkpoint,
     save_final,
 )
-from model.weights import infer_arch
+from model.weights import infer_arch, url_cache_name
 from utils.errors import CheckpointError
 
 
@@ -159,33 +159,35 @@ def test_whole_pickled_model_is_refused_unless_allowed(trained, tmp_path):
     assert same_outputs(fresh, trained)
 
 
-def test_offline_url_says_what_to_download_and_where(monkeypatch, tmp_path):
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("no network")
-
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    url = MODEL_URLS["drn_d_22"]
+def test_offline_url_says_what_to_download_and_where(tmp_path):
+    url = MODEL_URLS["drn_d_22"]  # the conftest's opener is offline
     with pytest.raises(CheckpointError) as err:
         load_weights(build_seg_model("drn_d_22"), url, cache_dir=str(tmp_path))
     msg = str(err.value)
-    assert url in msg and str(tmp_path / "drn_d_22-4bd2f8ea.pth") in msg and "download it by hand" in msg
+    assert url in msg and str(tmp_path / url_cache_name(url)) in msg and "download it by hand" in msg
+    assert list(tmp_path.iterdir()) == []  # no partial download left
 
 
-def test_url_loading_uses_the_safe_hub_loader_with_a_cache_dir(monkeypatch, tmp_path):
+def test_a_url_is_downloaded_once_into_the_cache_and_loaded_safely(monkeypatch, tmp_path):
+    from model import pretrained
     from model.drn import drn_d_22
 
-    calls = {}
     sd = drn_d_22(num_classes=1000).state_dict()
+    blob = io.BytesIO()
+    torch.save(sd, blob)
+    asked = []
 
-    def fake(url, **kwargs):
-        calls.update(kwargs, url=url)
-        return sd
+    def serve(url, timeout):
+        asked.append(url)
+        return io.BytesIO(blob.getvalue())
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake)
-    net = build_seg_model("drn_d_22")
-    load_weights(net, MODEL_URLS["drn_d_22"])
-    assert calls["url"] == MODEL_URLS["drn_d_22"] and calls["weights_only"] is True and calls["model_dir"]
-    assert torch.equal(net.base.state_dict()["layer0.0.weight"], sd["layer0.0.weight"])
+    monkeypatch.setattr(pretrained, "_urlopen", serve)
+    for _ in range(2):
+        net = build_seg_model("drn_d_22")
+        load_weights(net, MODEL_URLS["drn_d_22"], cache_dir=str(tmp_path))
+        assert torch.equal(net.base.state_dict()["layer0.0.weight"], sd["layer0.0.weight"])
+    assert asked == [MODEL_URLS["drn_d_22"]]  # the second load reads the cache
+    assert [p.name for p in tmp_path.iterdir()] == [url_cache_name(MODEL_URLS["drn_d_22"])]
 
 
 def test_non_weights_file_is_a_checkpoint_error(tmp_path):

@@ -131,7 +131,25 @@ CASES = [
     ("demo-size-too-small", ["demo.py", "--quick", "--out", "{out}/d", "--size", "64,16"], "--size 64,16"),
     ("demo-negative-lr", ["demo.py", "--quick", "--out", "{out}/d", "--learning-rate", "-1"], "--learning-rate"),
     ("d22-input-size-below-discriminator", [D22, *TRAIN, "--input-size-target", "64,16"], "--input-size-target"),
+    # non-finite numbers: every float flag of every script refuses them before anything is written
+    ("d22-learning-rate-nan", [D22, *TRAIN, "--learning-rate", "nan"], "--learning-rate: expected a positive number, got 'nan'"),
+    ("d22-learning-rate-d-inf", [D22, *TRAIN, "--learning-rate-D", "inf"], "--learning-rate-D"),
+    ("d22-momentum-nan", [D22, *TRAIN, "--momentum", "nan"], "--momentum"),
+    ("d22-weight-decay-inf", [D22, *TRAIN, "--weight-decay=-inf"], "--weight-decay: expected a number >= 0, got '-inf'"),
+    ("d22-power-nan", [D22, *TRAIN, "--power", "NaN"], "--power"),
+    ("d38-lambda-adv-main-nan", [D38, *TRAIN, "--lambda-adv-main", "nan"], "--lambda-adv-main"),
+    ("d38-lambda-seg-inf", [D38, *TRAIN, "--lambda-seg", "inf"], "--lambda-seg"),
+    ("ts-lambda-kl-nan", [TS, *TEACH, "--teacher", "{ck}", "--lambda-kl", "nan"], "--lambda-kl"),
+    ("ts-kd-temperature-inf", [TS, *TEACH, "--teacher", "{ck}", "--kd-temperature", "inf"], "--kd-temperature"),
+    ("ts-pseudo-threshold-nan", [TS, *TEACH, "--teacher", "{ck}", "--pseudo-threshold", "nan"],
+     "--pseudo-threshold"),
+    ("predict-alpha-nan", ["predict.py", *PREDICT, "--alpha", "nan"], "--alpha"),
+    ("export-tolerance-nan", ["export_onnx.py", *EXPORT, "--tolerance", "nan"], "--tolerance"),
+    ("eval-scales-inf", ["eval_cs.py", *EVAL, "--scales", "1,inf"], "--scales"),
+    ("demo-learning-rate-nan", ["demo.py", "--quick", "--out", "{out}/d", "--learning-rate", "nan"], "--learning-rate"),
 ]
+# Faults inside an image's bytes are found when a training step reads the image: the run folder exists by then.
+FOUND_WHILE_TRAINING = {"d22-corrupt-png", "d22-corrupt-png-workers", "d22-label-ids"}
 
 
 class Runner:
@@ -261,6 +279,8 @@ def test_bad_input_gives_one_line_and_exit_2(case, argv, expected, runner, ws, t
     after = _fingerprints(Path(ws["ws"]))
     changed = [p for p, v in before.items() if after.get(p) != v]
     assert not changed, f"{case}: existing files changed: {changed}"
+    if case not in FOUND_WHILE_TRAINING:  # the flags and files are checked before the output folder is made
+        assert not Path(values["out"]).exists(), f"{case}: wrote {sorted(Path(values['out']).rglob('*'))}"
 
 
 def test_debug_shows_the_traceback_in_a_real_subprocess(ws, tmp_path):

@@ -1,66 +1,50 @@
 """Crash-safe checkpoint files: atomic writes, the last K snapshots, and the resumable training state."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 
 from utils.errors import CheckpointError
+from utils.files import atomic_write, fsync_folder, stale_temporaries
+
+__all__ = ["TRAIN_FORMAT", "atomic_save", "fsync_folder", "load_training_state", "remove_interrupted_saves",
+           "save_training_state", "to_cpu"]
 
 TRAIN_FORMAT = "dakd-train"
 _STEP_FILE = re.compile(r"^step_(\d+)\.pth$")
+# what an interrupted save leaves: `.NAME.PID-RANDOM.tmp` (and `.NAME.RANDOM.tmp` from older versions), and
+# the hard link `.last.pth.PID.link` that becomes last.pth when --keep-last > 1
+_SAVE_DEBRIS = re.compile(r"^\..+\.(?P<stamp>[^.]+)\.(?:tmp|link)$")
 
 
 def atomic_save(obj: object, path: str | os.PathLike) -> Path:
     """Write `obj` with `torch.save` to a temporary file beside `path`, fsync it, then rename it over `path`.
 
-    A crash at any moment leaves either the old file or the new one, never a partial file.
+    A crash at any moment leaves either the old file or the new one, never a partial file; a full disk or
+    a read-only folder is an `OutputError` naming `path` (and leaves no temporary file).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_folder(path.parent)
+    with atomic_write(path) as handle:
+        torch.save(obj, handle)
     return path
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def remove_interrupted_saves(folder: str | os.PathLike) -> list[Path]:
+    """Delete the hidden temporary files that killed saves left in a run folder; returns what was removed.
 
-
-def fsync_folder(folder: str | os.PathLike) -> None:
-    """Make a rename inside `folder` durable (POSIX); a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    Called when a run starts in `folder`. A file whose writer still runs (its process id is in the name)
+    is kept.
+    """
+    removed = []
+    for path in stale_temporaries(folder, _SAVE_DEBRIS):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed
 
 
 def to_cpu(obj: object) -> object:
@@ -93,7 +77,11 @@ def save_training_state(state: dict, folder: str | os.PathLike, step: int, keep_
         os.link(snapshot, link)
         os.replace(link, last)
     except OSError:  # file systems without hard links
+        if link.exists():  # made, but not renamed
+            link.unlink()
         atomic_save(state, last)
+    else:
+        fsync_folder(folder)  # the rename onto last.pth survives a power cut
     snapshots = sorted(p for p in folder.iterdir() if _STEP_FILE.match(p.name))
     for old in snapshots[:-keep_last]:
         old.unlink()

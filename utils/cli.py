@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from utils.errors import ConfigError, UserError
+from utils.files import is_write_error
 
 EXIT_USAGE = 2
 
@@ -55,6 +58,17 @@ def parse_pair(text: str, flag: str = "size") -> tuple[int, int]:
 def size_arg(text: str) -> tuple[int, int]:
     """argparse `type=` for a 'W,H' size."""
     return parse_pair(text, "size")
+
+
+def finite_float(text: str) -> float:
+    """argparse `type=` for a finite number (`nan`, `inf` and words refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def positive_float(text: str) -> float:
@@ -110,7 +124,8 @@ def check_output(path: str | os.PathLike, flag: str, *, folder: bool = False) ->
 def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
     """Run a script's `main(argv)` and return its exit status (an int it returns, else 0).
 
-    A `UserError` becomes one line on stderr and exit status 2.
+    A `UserError`, or an `OSError` of a full disk or a read-only folder that names its file, becomes one
+    line on stderr and exit status 2; Ctrl-C (KeyboardInterrupt) and `Stopped` one line and 128 + signal.
 
     With `--debug` in argv (or DAKD_DEBUG=1) the traceback is shown instead.
     """
@@ -126,7 +141,48 @@ def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] 
     except BrokenPipeError:  # the reader went away (`... | head`): stop quietly, as command-line tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit flush cannot fail
         return 1
+    except OSError as err:  # a full disk or a read-only folder met outside the writers that name their file
+        if debug or not (is_write_error(err) and err.filename):
+            raise
+        print(f"{_prog()}: error: {err.filename}: {err.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    except (KeyboardInterrupt, Stopped) as stop:
+        if debug:
+            raise
+        signum = stop.signum if isinstance(stop, Stopped) else signal.SIGINT
+        print(f"{_prog()}: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + signum
     return status if isinstance(status, int) else 0
+
+
+class Stopped(BaseException):
+    """SIGINT or SIGTERM arrived inside `stop_on_signals`: unwinds the stack, so that every `with` and
+    `finally` cleans up, and `run_cli` ends the command with status 128 + `signum` (130, 143)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM raise `Stopped` (the previous handlers come back after it).
+
+    For commands that write as they go (predict.py): their temporary files are removed on the way out.
+    Outside the main thread (no signal handlers there) the block runs unchanged.
+    """
+    def handle(signum, frame):
+        raise Stopped(signum)
+
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread
+            previous[signum] = signal.signal(signum, handle)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _prog() -> str:

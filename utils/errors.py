@@ -15,3 +15,7 @@ class DatasetError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint is missing, unreadable, unsafe to unpickle, or does not fit the network."""
+
+
+class OutputError(UserError):
+    """An output file cannot be written: a full disk, a read-only or vanished folder, no permission."""

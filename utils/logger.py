@@ -1,6 +1,7 @@
 """Run logging: one JSON line per logged step, TensorBoard when installed, and the run's own description."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import platform
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from utils.checkpoint import write_text_atomic
+from utils.files import is_write_error, output_error, write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,8 +102,13 @@ class RunLogger:
         if phase:
             record["phase"] = phase
         record.update({k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in values.items()})
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        except OSError as err:  # a full disk: one line naming the file, not a traceback
+            if is_write_error(err):
+                raise output_error(self._file.name, err) from err
+            raise
         if self._writer is not None:
             for key, value in values.items():
                 self._writer.add_scalar(key, float(value), step)
@@ -110,7 +116,9 @@ class RunLogger:
     def close(self) -> None:
         """Flush and close the files."""
         if self._file is not None:
-            self._file.close()
+            # every record was flushed when logged: what could fail here is a record that already failed
+            with contextlib.suppress(OSError):
+                self._file.close()
             self._file = None
         if self._writer is not None:
             self._writer.close()

@@ -11,13 +11,20 @@ Layout of a prediction folder DIR (what `eval_cs.py --save-pred DIR` writes):
 - `DIR/color/<stem>.png`: the prediction in the Cityscapes palette (Cityscapes: `CITY/CITY_SEQ_FRAME_leftImg8bit`,
   BDD: `NAME`, other inputs: the relative path without extension).
 - `DIR/overlay/<stem>.png`: the colour map blended over the input image.
-- `DIR/manifest.json`: one entry per image (name, image and label files, the files written).
+- `DIR/manifest.json`: one entry per image (name, image and label files, the files written), and the
+  checkpoint that predicted them.
+
+`eval_cs.py` writes only into an empty (or new) DIR, so that the official evaluator never scores two
+models' files together; `--overwrite-pred` first deletes a previous prediction folder's contents
+(`check_prediction_folder`, `clear_predictions`).
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
+import shutil
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -26,13 +33,16 @@ from PIL import Image
 
 from dataset.labels import TRAIN_ID_TO_LABEL_ID, colorize
 from dataset.layouts import BDD, Layout
-from utils.checkpoint import write_text_atomic
-from utils.errors import DatasetError
+from utils.errors import ConfigError, DatasetError
+from utils.files import write_bytes_atomic, write_text_atomic
 
 # CITY_SEQ_FRAME_...: the official scripts split the file name on "_", so a city holds no "_".
 _CITYSCAPES_NAME = re.compile(r"^([^_/]+)_(\d+)_(\d+)(?:_|$)")
 
 RESULT_DIRS = {"cityscapes": "labelIds", "bdd": "trainIds"}
+PREDICTION_ENTRIES = (*RESULT_DIRS.values(), "color", "overlay", "manifest.json")
+"""What a prediction folder holds at its top level (besides hidden temporary files)."""
+_TEMPORARY = re.compile(r"^\..+\.tmp\d*$")  # `.NAME.PID-RANDOM.tmp`, and `.NAME.tmpPID` of older versions
 
 
 def _as_array(train_ids: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -90,8 +100,10 @@ def to_label_ids(train_ids: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
+    """Encode first, then write through a temporary file: a full disk leaves no empty or partial PNG."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def save_label_ids(train_ids: torch.Tensor | np.ndarray, path: str | Path) -> None:
@@ -190,11 +202,70 @@ class PredictionWriter:
         self.entries.append(entry)
         return entry
 
-    def write_manifest(self) -> Path:
-        """Write `DIR/manifest.json` listing every written prediction; returns its path."""
+    def write_manifest(self, **info: str) -> Path:
+        """Write `DIR/manifest.json` listing every written prediction (and `info`, e.g. the checkpoint); returns
+        its path."""
         path = self.out_dir / "manifest.json"
         self.out_dir.mkdir(parents=True, exist_ok=True)
         payload = {"dataset": self.dataset, "result_dir": str(self.result_dir) if self.result_dir else None,
-                   "items": self.entries}
+                   **info, "items": self.entries}
         write_text_atomic(path, json.dumps(payload, indent=2))
         return path
+
+
+def _is_prediction_entry(path: Path) -> bool:
+    """True for what a prediction folder holds: its entries, and the temporary file of an interrupted write."""
+    if path.is_symlink():
+        return False
+    return path.name in PREDICTION_ENTRIES or (path.is_file() and _TEMPORARY.match(path.name) is not None)
+
+
+def _describe_previous(out_dir: Path) -> str:
+    """What the manifest of a previous run in `out_dir` says predicted it, for an error message."""
+    try:
+        checkpoint = json.loads((out_dir / "manifest.json").read_text(encoding="utf-8")).get("checkpoint")
+    except (OSError, ValueError, AttributeError):
+        checkpoint = None
+    return f" (predictions of {checkpoint})" if checkpoint else ""
+
+
+def check_prediction_folder(out_dir: str | Path, flag: str, *, overwrite: bool, own_files=()) -> None:
+    """Refuse (`ConfigError` naming `flag`) to write predictions into a folder that already holds files.
+
+    An absent or empty folder, or one holding only `own_files` (what this command writes itself, such
+    as its --json), is fine. With `overwrite`, a folder holding only a previous prediction folder's
+    entries (`PREDICTION_ENTRIES`, hidden temporary files, `own_files`) is fine too: `clear_predictions`
+    empties it once every input is checked. Anything else in it is refused either way, so that the
+    flag never deletes files it did not write.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return
+    own = {Path(f).resolve() for f in own_files}
+    present = sorted(p for p in out_dir.iterdir() if p.resolve() not in own)
+    if not present:
+        return
+    names = ", ".join(p.name + ("/" if p.is_dir() else "") for p in present[:4]) + (", ..." if len(present) > 4 else "")
+    foreign = [p for p in present if not _is_prediction_entry(p)]
+    if foreign:
+        shown = ", ".join(p.name for p in foreign[:4]) + (", ..." if len(foreign) > 4 else "")
+        raise ConfigError(f"{flag} {out_dir}: the folder is not empty and holds files that are not predictions "
+                          f"({shown}); choose a new or empty folder")
+    if not overwrite:
+        raise ConfigError(f"{flag} {out_dir}: the folder already holds {names}{_describe_previous(out_dir)}; "
+                          "the official evaluator would score them together with the new ones: choose a new "
+                          "or empty folder, or add --overwrite-pred to delete them first")
+
+
+def clear_predictions(out_dir: str | Path) -> None:
+    """Delete a prediction folder's entries (`PREDICTION_ENTRIES` and temporary files), keeping the folder."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return
+    for path in out_dir.iterdir():
+        if not _is_prediction_entry(path):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from model import AUX, MAIN
-from utils.checkpoint import TRAIN_FORMAT, save_training_state
+from utils.checkpoint import TRAIN_FORMAT, remove_interrupted_saves, save_training_state
 from utils.cli import check_output
 from utils.config import TrainConfig, run_name
 from utils.data import build_datasets, val_dataset
@@ -121,6 +121,8 @@ def start_run(cfg: TrainConfig, info: DistInfo, device: torch.device) -> tuple[R
         discs[AUX].load_state_dict(state["d1"])
         discs[MAIN].load_state_dict(state["d2"])
     net, discs = wrap_ddp(cfg, info, device, net, discs, [p.objective for p in phases])
+    if info.is_main:  # every input is checked: the folder may now be touched
+        remove_interrupted_saves(folder)
     resumed_at = None if state is None else state["global_step"]
     logger = RunLogger(folder, enabled=info.is_main, resumed_at=resumed_at)
     logger.write_run_info(cfg.to_dict(), {"run_name": folder.name, "world_size": info.world_size,
@@ -148,7 +150,7 @@ def start_phase(run: Run, state: dict | None = None) -> None:
     run.optimisers.start_phase(run.phase.num_steps, run.phase.objective.adversarial_levels)
     if state is not None:
         run.optimisers.load_state_dict(state)
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"], run.device)
 
 
 def training_state(run: Run) -> dict:
@@ -160,7 +162,7 @@ def training_state(run: Run) -> dict:
         "d2": unwrap(run.discs[MAIN]).state_dict(),
         **run.optimisers.state_dict(),
         "phase": run.phase_index, "step": run.step, "global_step": run.global_step,
-        "nonfinite_skipped": run.skipped, "rng": rng_state(), "config": run.cfg.to_dict(),
+        "nonfinite_skipped": run.skipped, "rng": rng_state(run.device), "config": run.cfg.to_dict(),
         "best_val_mIoU": run.validator.best_so_far(),
     }
 

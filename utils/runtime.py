@@ -109,14 +109,21 @@ def seed_everything(seed: int, deterministic: bool = False, device: torch.device
         torch.backends.cudnn.benchmark = True
 
 
-def rng_state() -> dict:
-    """Snapshot of every global random generator, for an exact resume."""
+def rng_state(device: torch.device | None = None) -> dict:
+    """Snapshot of every global random generator, for an exact resume.
+
+    CUDA: the generator of the run's GPU only (`device`; without it, the current GPU's once CUDA is in
+    use), none for a run on the CPU.
+    """
     state = {
         "python": random.getstate(),
         "numpy": _numpy_state(),
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if device is not None:
+        if device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(device)
+    elif torch.cuda.is_available() and torch.cuda.is_initialized():
         # this process's GPU only: a resume may see fewer GPUs (one per task, or a smaller node)
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -128,19 +135,30 @@ def _numpy_state() -> tuple:
     return (str(kind), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
 
 
-def set_rng_state(state: dict) -> None:
-    """Restore generators saved by `rng_state`."""
+def set_rng_state(state: dict, device: torch.device | None = None) -> None:
+    """Restore generators saved by `rng_state`; the CUDA one on the run's GPU (`device`) only.
+
+    A run on the CPU (`device` cpu) leaves every GPU untouched, whatever the checkpoint holds. An older
+    checkpoint holding one CUDA state per GPU gives this GPU the entry of its index (the first entry
+    when the list is shorter). Without `device`, the current GPU, when CUDA is available.
+    """
     random.setstate(state["python"])
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))  # noqa: NPY002
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        saved = state["cuda"]
-        if isinstance(saved, torch.Tensor):
-            torch.cuda.set_rng_state(saved)  # the current device's
-        else:  # older checkpoints: one state per GPU the run saw; restore those that exist here
-            for index, cuda_state in enumerate(saved[:torch.cuda.device_count()]):
-                torch.cuda.set_rng_state(cuda_state, index)
+    saved = state.get("cuda")
+    if saved is None or (device is not None and device.type != "cuda"):
+        return
+    if device is None:
+        if not torch.cuda.is_available():
+            return
+        device = torch.device("cuda", torch.cuda.current_device())
+    index = torch.cuda.current_device() if device.index is None else device.index
+    if not isinstance(saved, torch.Tensor):  # older checkpoints: one state per GPU the saving process saw
+        if not saved:
+            return
+        saved = saved[index] if index < len(saved) else saved[0]
+    torch.cuda.set_rng_state(saved, index)
 
 
 @dataclass(frozen=True)
@@ -175,7 +193,8 @@ def init_distributed(device_name: str = "auto",
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device("cuda" if uses_cuda(device_name) else device_name)
     if device.type == "cuda":
-        device = torch.device("cuda", local_gpu(local_rank))
+        local_world_size = os.environ.get("LOCAL_WORLD_SIZE")  # set by torchrun, not by per-task schedulers
+        device = torch.device("cuda", local_gpu(local_rank, int(local_world_size) if local_world_size else None))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
@@ -183,9 +202,20 @@ def init_distributed(device_name: str = "auto",
     return DistInfo(rank, world_size, local_rank), device
 
 
-def local_gpu(local_rank: int) -> int:
-    """The GPU index of the process with `local_rank`: that rank's GPU, or the only one this process sees."""
+def local_gpu(local_rank: int, local_world_size: int | None = None) -> int:
+    """The GPU index of the process with `local_rank`: that rank's GPU, or the only one this process sees.
+
+    `local_world_size` (torchrun's LOCAL_WORLD_SIZE: processes on this node) larger than the number of
+    visible GPUs is a `ConfigError` on every rank: several ranks would share a GPU, which NCCL refuses
+    only later ("Duplicate GPU detected"), and ranks beyond the GPUs would fail while the others wait.
+    """
     count = torch.cuda.device_count()
+    if local_world_size is not None and local_world_size > count:
+        raise ConfigError(f"LOCAL_WORLD_SIZE {local_world_size}: {local_world_size} processes on this node, but this "
+                          f"process sees {count} CUDA device{'s' if count != 1 else ''} "
+                          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}) and two ranks "
+                          f"cannot share a GPU: start at most {count} processes per node (torchrun "
+                          f"--nproc_per_node {count}), or train on the CPU with --device cpu")
     if count == 1:  # one GPU per process (e.g. srun --gpus-per-task 1): each task sees its own as cuda:0
         return 0
     if local_rank >= count:
