@@ -25,6 +25,7 @@ from utils.signals import (
     compute_signals,
     diversity,
     mean_entropy,
+    sample_pixels,
     soft_neighbourhood_density,
 )
 
@@ -124,6 +125,16 @@ def test_snd_pixels_are_seeded():
     first = snd(0)
     assert snd(0) == first
     assert snd(1) != first
+
+
+@pytest.mark.parametrize("num_pixels", [150, 512 * 1024])  # a permutation, and draws with repeats skipped
+def test_sample_pixels_are_distinct_in_range_and_seeded(num_pixels):
+    draws = sample_pixels(3, num_pixels, 100, torch.Generator().manual_seed(0))
+    assert draws.shape == (3, 100) and draws.dtype == torch.long
+    assert all(len(set(row.tolist())) == 100 for row in draws)
+    assert int(draws.min()) >= 0 and int(draws.max()) < num_pixels
+    assert torch.equal(draws, sample_pixels(3, num_pixels, 100, torch.Generator().manual_seed(0)))
+    assert sample_pixels(2, 7, 100, torch.Generator()).shape == (2, 7)  # fewer pixels than asked: all of them
 
 
 def test_accumulator_refuses_bad_input():
