@@ -207,3 +207,19 @@ def test_signals_on_the_synthetic_target_open_no_label(synthetic_root, monkeypat
     assert all(math.isfinite(values[k]) for k in (ENTROPY, DIVERSITY, SND_MAIN, SND_AUX, AGREE_HEADS))
     assert 0 <= values[ENTROPY] <= 1 and 0 <= values[DIVERSITY] <= 1 and 0 <= values[AGREE_HEADS] <= 1
     assert 0 <= values[SND_MAIN] <= math.log(99) + 1e-6
+
+
+def test_cost_bench_smoke(synthetic_root, tmp_path, capsys):
+    """bench/selection.py (the cost table of docs/selection.md) runs and reports every pass."""
+    import json
+
+    from bench.selection import main as bench_main
+
+    out = tmp_path / "cost.json"
+    rows = bench_main(["--data-dir", str(synthetic_root), "--signal-images", "2", "--holdout", "2", "--repeats", "1",
+                       "--batch-size", "2", "--json", str(out)])
+    assert [r["pass"].split(" (")[0].split(",")[0] for r in rows] == [
+        "val pass", "signals", "signals + teacher agreement", "source hold-out mIoU", "signal arithmetic alone"]
+    assert rows[0]["x_val_pass"] == 1.0 and all(r["seconds"] > 0 for r in rows)
+    assert json.loads(out.read_text()) == rows
+    assert "signals + teacher agreement" in capsys.readouterr().out
