@@ -223,3 +223,21 @@ def test_cost_bench_smoke(synthetic_root, tmp_path, capsys):
     assert rows[0]["x_val_pass"] == 1.0 and all(r["seconds"] > 0 for r in rows)
     assert json.loads(out.read_text()) == rows
     assert "signals + teacher agreement" in capsys.readouterr().out
+
+
+def test_source_miou_on_the_hold_out(synthetic_root):
+    from dataset import build_dataset
+    from dataset.holdout import holdout_datasets
+    from model import build_seg_model
+    from utils.criteria import SOURCE_MIOU, SOURCE_SECONDS
+    from utils.evaluate import eval_collate, evaluate
+    from utils.signals import source_miou
+
+    source = build_dataset("gta5", synthetic_root / "gta5", "train", size=(32, 16), random_mirror=True)
+    _, held = holdout_datasets(source, 3, size=(32, 16))
+    loader = DataLoader(held, batch_size=2, collate_fn=eval_collate)
+    net = build_seg_model("drn_d_22").train()
+    values = source_miou(net, loader, "cpu")
+    assert set(values) == {SOURCE_MIOU, SOURCE_SECONDS} and net.training
+    assert values[SOURCE_MIOU] == evaluate(net, loader, "cpu", label_size="input", progress=False)["mIoU"]
+    assert 0 <= values[SOURCE_MIOU] <= 1
