@@ -1,8 +1,10 @@
 """A list-based segmentation dataset over one of the layouts (GTA5, Cityscapes, BDD100K)."""
 from __future__ import annotations
 
+import copy
 import math
 import posixpath
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -185,6 +187,26 @@ class SegmentationDataset(Dataset):
                                   f"size from their label by at most {100 * tolerance:g} %; each is resized to "
                                   f"the input size on its own, the label nearest (first: {'; '.join(shown)}"
                                   f"{'; ...' if len(off) > 2 else ''})")
+
+    def subset(self, files: Sequence[str], transform: EvalTransform | None = None, *,
+               labels: bool | None = None) -> SegmentationDataset:
+        """A copy holding only `files` (entries of this dataset's list, in the given order, not repeated by
+        `max_iters`), with `transform` instead of this one's when given, and without labels when `labels`
+        is False (a copy cannot gain labels that were never checked); this dataset is left as it is."""
+        if labels and not self.labels:
+            raise ValueError("a subset cannot load labels its dataset was built without")
+        known = set(self.files)
+        unknown = [f for f in files if f not in known]
+        if unknown:
+            raise DatasetError(f"{len(unknown)} of the {len(files)} frames asked for are not in this "
+                               f"{self.layout.name} dataset of {self.root} (first: {first_names(unknown)})")
+        part = copy.copy(self)
+        part.files = list(files)
+        part.num_unique = len(part.files)
+        part.transform = self.transform if transform is None else transform
+        part.labels = self.labels if labels is None else labels
+        part._rng, part._rng_seed = None, None
+        return part
 
     def __len__(self) -> int:
         return len(self.files)
