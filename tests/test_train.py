@@ -159,8 +159,8 @@ def test_validation_while_training_logs_the_miou_eval_cs_gives(synthetic_root, t
     assert student_script.main(args) == 0
     values = [r["val/mIoU"] for r in read_log(out / "log.jsonl") if "val/mIoU" in r]
     assert len(values) == 1
-    # best.pth is the net validated at step 2: eval_cs.py on it, same images and sizes, gives the logged score
-    again = eval_cs.main(["--restore-from", str(out / "best.pth"), "--data-dir", str(synthetic_root / "cityscapes"),
+    # selected_oracle.pth (--keep-best) is the net validated at step 2: eval_cs.py on it gives the logged score
+    again = eval_cs.main(["--restore-from", str(out / "selected_oracle.pth"), "--data-dir", str(synthetic_root / "cityscapes"),
                           "--input-size", "64,32", "--limit", "2", "--batch-size", "2", "--num-workers", "0",
                           "--device", "cpu", "--no-progress"])
     assert again["mIoU"] == pytest.approx(values[0], abs=1e-9)
@@ -243,14 +243,14 @@ def test_keep_best_survives_resumes(synthetic_root, tmp_path, monkeypatch):
     args = [*tiny_train_args(synthetic_root, out, steps=6), "--eval-every", "2", "--keep-best"]
     last = str(out / "last.pth")
     assert student_script.main([*args, "--num-steps-stop", "2"]) == 0
-    best = torch.load(out / "best.pth", weights_only=True)["state_dict"]
+    best = torch.load(out / "selected_oracle.pth", weights_only=True)["state_dict"]
     assert torch.load(last, weights_only=True)["best_val_mIoU"] == 0.5
     # a stretch without validation carries the score through its saves
     host = ["--num-workers", "0", "--no-progress", "--device", "cpu"]
     assert student_script.main(["--resume", last, *host, "--eval-every", "0", "--num-steps-stop", "4"]) == 0
     assert torch.load(last, weights_only=True)["best_val_mIoU"] == 0.5
     assert student_script.main(["--resume", last, *host, "--eval-every", "2"]) == 0  # validates again
-    kept = torch.load(out / "best.pth", weights_only=True)["state_dict"]
+    kept = torch.load(out / "selected_oracle.pth", weights_only=True)["state_dict"]
     assert all(torch.equal(best[k], kept[k]) for k in best)
     assert next(scores, None) is None  # one validation before the resumes, one after
 

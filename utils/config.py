@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from model.discriminator import MIN_SIZE
 from utils.cli import ArgumentParser, DefaultsHelpFormatter
+from utils.criteria import LAST, SELECT_CHOICES
 from utils.errors import ConfigError
 from utils.objective import PARADIGMS, Knobs
 from utils.settings import (
@@ -91,13 +92,18 @@ class TrainConfig(Knobs):
                                               resume="may_change", path=True, constants=("DATA_LIST_PATH_TARGET",))
     source_split: str = setting("train", TEXT, "split of the source dataset trained on", "data")
     target_split: str = setting("train", TEXT, "split of the target dataset adapted to", "data", constants=("SET",))
-    val_split: str = setting("val", TEXT, "split of the target scored by --eval-every", "data", resume="may_change")
+    val_split: Optional[str] = setting("val", optional(TEXT), "split of the target scored by --eval-every (none: the "
+                                       "target has no labels; --eval-every then logs only the label-free signals)",
+                                       "data", resume="may_change")
     input_size: tuple[int, int] = setting((1024, 512), SIZE, "source images resized to W,H", "data")
     input_size_target: tuple[int, int] = setting((1280, 720), SIZE, "target images resized to W,H", "data")
     eval_size: tuple[int, int] = setting((1024, 512), SIZE, "validation images resized to W,H (labels scored at "
                                          "full size)", "data", resume="may_change")
     random_mirror: bool = setting(False, SWITCH, "flip training images left-right at random", "data")
     random_scale: bool = setting(False, SWITCH, "rescale training images at random (0.5 to 1.5) and crop", "data")
+    source_holdout: int = setting(0, NON_NEGATIVE_INT, "hold these source frames out of training and score them at "
+                                  "each --eval-every (sel/source_mIoU; a fixed hash-ranked choice; docs/selection.md)",
+                                  "data")
     batch_size: int = setting(3, POSITIVE_INT, "images per batch, per domain and per process", "data")
     iter_size: int = setting(1, POSITIVE_INT, "accumulate gradients over this many batches per step", "data")
     num_workers: int = setting(4, NON_NEGATIVE_INT, "data-loading processes per domain", "data",
@@ -142,12 +148,17 @@ class TrainConfig(Knobs):
     resume: Optional[str] = setting(None, optional(TEXT), "continue from a last.pth", "run", resume="invocation")
     log_every: int = setting(10, POSITIVE_INT, "write the losses to log.jsonl every N steps", "run",
                              resume="may_change")
-    eval_every: int = setting(0, NON_NEGATIVE_INT, "score on the target's val split every N steps (0: never)", "run",
-                              resume="may_change")
+    eval_every: int = setting(0, NON_NEGATIVE_INT, "validate every N steps: the target's val mIoU and the "
+                              "selection signals, logged (0: never)", "run", resume="may_change")
     eval_limit: Optional[int] = setting(None, optional(POSITIVE_INT), "score at most this many val images", "run",
                                         resume="may_change")
-    keep_best: bool = setting(False, SWITCH, "also keep best.pth by val mIoU (selection on the test set: see README)",
-                              "run", resume="may_change")
+    signal_images: int = setting(200, NON_NEGATIVE_INT, "target train images (a fixed hash-ranked choice, never val) "
+                                 "the label-free signals are computed on at each --eval-every (0: none)", "run")
+    select: str = setting(LAST, choice(*SELECT_CHOICES), "keep the snapshot this criterion picks at each --eval-every "
+                          "as selected_<name>.pth ('last': final.pth alone; 'oracle': by the target's val mIoU, "
+                          "choosing on the test data; docs/selection.md)", "run", resume="may_change")
+    keep_best: bool = setting(False, SWITCH, "also keep the snapshot of best val mIoU, as selected_oracle.pth (the "
+                              "older name of --select oracle; it was best.pth)", "run", resume="may_change")
     skip_nonfinite: int = setting(0, NON_NEGATIVE_INT, "tolerate this many steps with a NaN/Inf loss before stopping",
                                   "run", resume="may_change")
     allow_pickle: bool = setting(False, SWITCH, "UNSAFE: accept whole pickled models (runs code from the file)",

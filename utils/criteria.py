@@ -9,6 +9,7 @@ at; none may be tuned on the val split. Imports nothing from torch, model/, data
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 # log.jsonl / TensorBoard keys written at every validation
@@ -20,6 +21,8 @@ AGREE_HEADS = "sel/agree_heads"
 AGREE_TEACHER = "sel/agree_teacher"
 SOURCE_MIOU = "sel/source_mIoU"
 ORACLE = "val/mIoU"  # the target val score: labels a UDA user does not have
+ORACLE_16 = "val/mIoU16"  # a SYNTHIA-trained run's val score on SYNTHIA's 16 classes: its oracle where logged
+ORACLE_KEYS = (ORACLE_16, ORACLE)  # in order of preference
 # costs of a validation's selection passes (seconds), logged beside the signals; not criteria
 SIGNAL_SECONDS = "sel/seconds"
 SOURCE_SECONDS = "sel/source_seconds"
@@ -66,6 +69,18 @@ def value_of(record: dict, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return math.nan
     return float(value) if math.isfinite(value) else math.nan
+
+
+def oracle_key(keys: Iterable[str]) -> str:
+    """The key the oracle reads among the logged `keys`: `val/mIoU16` where it is logged (a SYNTHIA-trained
+    run, which the field scores on SYNTHIA's 16 classes), else `val/mIoU`."""
+    keys = set(keys)
+    return next((k for k in ORACLE_KEYS if k in keys), ORACLE)
+
+
+def criterion_value(criterion: Criterion, record: dict) -> float:
+    """The value `criterion` reads in a log record (`value_of`; the oracle's key per `oracle_key`)."""
+    return value_of(record, oracle_key(record) if criterion.key == ORACLE else criterion.key)
 
 
 def improves(criterion: Criterion, value: float, best: float | None) -> bool:

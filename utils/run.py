@@ -14,7 +14,7 @@ from model import AUX, MAIN
 from utils.checkpoint import TRAIN_FORMAT, remove_interrupted_saves, save_training_state
 from utils.cli import check_output
 from utils.config import TrainConfig, run_name
-from utils.data import build_datasets, val_dataset
+from utils.data import build_datasets, signal_dataset, val_dataset
 from utils.errors import ConfigError
 from utils.interrupts import StopSignals
 from utils.logger import RunLogger
@@ -25,7 +25,7 @@ from utils.resume import resume_run
 from utils.runtime import DistInfo, barrier, rng_state, seed_everything, set_rng_state, unwrap
 from utils.settings import declared
 from utils.steps import RunningStatistics, TrainStep
-from utils.validation import Validator
+from utils.validation import Validator, check_selection, kept_criteria
 
 
 @dataclass(frozen=True)
@@ -106,9 +106,12 @@ def start_run(cfg: TrainConfig, info: DistInfo, device: torch.device) -> tuple[R
         cfg, state = resume_run(cfg)
     folder = Path(cfg.snapshot_dir or Path("snapshots") / run_name(cfg))
     phases = plan_phases(cfg)
+    check_selection(cfg)
     # every input is checked before anything is written into the run folder
-    datasets = build_datasets(cfg, info, any(p.objective.uses_target for p in phases))
-    val_set = val_dataset(cfg) if cfg.eval_every and info.is_main else None
+    source, target, holdout = build_datasets(cfg, info, any(p.objective.uses_target for p in phases))
+    validates = cfg.eval_every and info.is_main  # rank 0 validates
+    val_set = val_dataset(cfg) if validates else None
+    signal_set = signal_dataset(cfg, target) if validates else None
     if info.is_main:
         check_output(folder, "--snapshot-dir", folder=True)  # created by the logger, once every input is checked
         if not cfg.resume and (folder / "last.pth").exists():
@@ -129,18 +132,19 @@ def start_run(cfg: TrainConfig, info: DistInfo, device: torch.device) -> tuple[R
                                           "device": str(device), "phases": [p.name for p in phases],
                                           "argv": [cfg.script, *cfg.argv]},
                           kept=[d.name for d in declared(TrainConfig) if d.setting.resume != "invocation"])
-    # Always there, so that the best val score so far travels through every save, even while a resumed
+    # Always there, so that each criterion's best so far travels through every save, even while a resumed
     # run does not validate; it scores the net only with --eval-every.
-    validator = Validator(val_set, batch_size=cfg.batch_size, num_workers=cfg.num_workers, device=device, amp=cfg.amp,
-                          channels_last=cfg.channels_last, limit=cfg.eval_limit, keep_best=cfg.keep_best,
-                          logger=logger, folder=folder, info=info)
+    validator = Validator(val_set, signal_set, holdout if validates else None, teacher=teacher,
+                          num_classes=cfg.num_classes, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                          device=device, amp=cfg.amp, channels_last=cfg.channels_last, limit=cfg.eval_limit,
+                          keep=kept_criteria(cfg), logger=logger, folder=folder, info=info)
     optimisers = Optimisers(net, discs, cfg, device.type)
-    run = Run(cfg, info, device, folder, phases, net, discs, teacher, datasets, logger, validator, optimisers)
+    run = Run(cfg, info, device, folder, phases, net, discs, teacher, (source, target), logger, validator,
+              optimisers)
     if state is not None:
         run.phase_index, run.step, run.global_step = state["phase"], state["step"], state["global_step"]
         run.skipped, run.saved_step = state.get("nonfinite_skipped", 0), state["global_step"]
-        if state.get("best_val_mIoU") is not None:
-            validator.best = state["best_val_mIoU"]  # so that --keep-best compares with the run's best so far
+        validator.load_state_dict(state)  # so that each kept snapshot competes with the run's best so far
     return run, state
 
 
@@ -154,7 +158,7 @@ def start_phase(run: Run, state: dict | None = None) -> None:
 
 
 def training_state(run: Run) -> dict:
-    """Everything needed to continue this run exactly where it is (with the best val mIoU so far)."""
+    """Everything needed to continue this run exactly where it is (with each selection criterion's best so far)."""
     core = unwrap(run.net)
     return {
         "format": TRAIN_FORMAT, "arch": core.arch, "aux_layer": core.aux_layer, "num_classes": core.num_classes,
@@ -163,7 +167,7 @@ def training_state(run: Run) -> dict:
         **run.optimisers.state_dict(),
         "phase": run.phase_index, "step": run.step, "global_step": run.global_step,
         "nonfinite_skipped": run.skipped, "rng": rng_state(run.device), "config": run.cfg.to_dict(),
-        "best_val_mIoU": run.validator.best_so_far(),
+        "best_val_mIoU": run.validator.best_so_far(), "selection": run.validator.state_dict(),
     }
 
 

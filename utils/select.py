@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from utils.cli import ArgumentParser, check_output, run_cli
-from utils.criteria import CRITERIA, LAST, ORACLE, RANDOM, Criterion, improves, value_of
+from utils.criteria import CRITERIA, LAST, ORACLE, ORACLE_16, RANDOM, Criterion, improves, oracle_key, value_of
 from utils.errors import UserError
 
 LOG_NAME = "log.jsonl"
@@ -47,13 +47,16 @@ def log_path_of(run: str | Path) -> Path:
 
 
 def read_snapshots(run: str | Path) -> list[dict]:
-    """The run's snapshots in step order: {"step": int, key: float or NaN for the oracle and every criterion}.
+    """The run's snapshots in step order: {"step": int, key: float or NaN for the oracle and every criterion,
+    "truth": the oracle's log key}.
 
-    Records of one step are merged (a later record wins, e.g. after a resume). `UserError` for a missing
-    or unreadable log, or one without any snapshot.
+    Records of one step are merged (a later record wins, e.g. after a resume). The truth, under `val/mIoU`,
+    is read from `utils.criteria.oracle_key`'s key: `val/mIoU16` in a log that holds it (a SYNTHIA-trained
+    run), else `val/mIoU`. `UserError` for a missing or unreadable log, or one without any snapshot.
     """
     log = log_path_of(run)
     keys = [c.key for c in CRITERIA.values()]
+    read = [*keys, ORACLE_16]
     by_step: dict[int, dict] = {}
     with open(log, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
@@ -65,12 +68,14 @@ def read_snapshots(run: str | Path) -> list[dict]:
                 raise UserError(f"{log}: line {number} is not JSON ({err.msg})") from err
             if not isinstance(record, dict) or not isinstance(record.get("step"), int):
                 raise UserError(f"{log}: line {number} is not a log record (expected an object with a 'step')")
-            present = {k: value_of(record, k) for k in keys if k in record}
+            present = {k: value_of(record, k) for k in read if k in record}
             if present:
                 by_step.setdefault(record["step"], {}).update(present)
     if not by_step:
         raise UserError(f"{log}: no snapshot (no record holds {ORACLE} or a sel/ signal; train with --eval-every)")
-    return [{"step": step, **{k: by_step[step].get(k, math.nan) for k in keys}} for step in sorted(by_step)]
+    truth = oracle_key(k for values in by_step.values() for k in values)
+    return [{"step": step, **{k: values.get(k, math.nan) for k in keys}, ORACLE: values.get(truth, math.nan),
+             "truth": truth} for step, values in sorted(by_step.items())]
 
 
 def _finite(x: float) -> bool:
@@ -184,7 +189,8 @@ def pooled(runs: Sequence[tuple[str, list[dict]]]) -> dict:
 def select_runs(run_dirs: Sequence[str | Path]) -> dict:
     """The full report of `python -m utils.select` for these runs (see the module's docstring)."""
     runs = [(str(d), read_snapshots(d)) for d in run_dirs]
-    per_run = [{"run": name, "steps": [s["step"] for s in snaps], **assess(snaps)} for name, snaps in runs]
+    per_run = [{"run": name, "truth": snaps[0]["truth"], "steps": [s["step"] for s in snaps], **assess(snaps)}
+               for name, snaps in runs]
     report = {"criteria": {name: {"key": c.key, "direction": c.direction, "label_free": c.label_free}
                            for name, c in CRITERIA.items()},
               "runs": per_run, "over_runs": over_runs(per_run)}
@@ -229,7 +235,7 @@ def format_report(report: dict) -> str:
     for result in report["runs"]:
         steps = result["steps"]
         out.append(f"== {result['run']}: {result['snapshots']} snapshots (steps {steps[0]}..{steps[-1]}), "
-                   f"best val mIoU {_fmt(result['best_mIoU'], pct=True)}")
+                   f"best {result['truth']} {_fmt(result['best_mIoU'], pct=True)}")
         out += _run_table(result)
         out.append("")
     out.append(f"== over {len(report['runs'])} runs (mean ± std; mIoU and regret in points)")
