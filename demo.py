@@ -56,6 +56,17 @@ QUICK = {"size": (64, 32), "num_train": 16, "num_val": 8, "steps": 4, "batch_siz
 STAGE_COST = {"source_only": 1.0, "student": 2.9, "teacher": 3.9, "dakd": 3.6, "oracle_teacher": 1.2,
               "oracle_dakd": 2.3}
 
+# --selection-grid (docs/selection.md): the adapted DRN-D-22 student over a grid of adversarial weights x seeds,
+# validated every GRID_EVERY steps, to measure how well each checkpoint-selection criterion would have chosen.
+# Fixed, with every criterion's settings (utils/criteria.py, utils/signals.py), before any grid run was scored.
+GRID_ADV_MAIN = (0.0, 0.001, 0.01, 1.0)  # --lambda-adv-main (aux: a fifth, the paper's ratio); 0: source only;
+#                                          0.001: the paper's; 1.0: a thousand times it, the negative control
+GRID_SEEDS = (1234, 1235, 1236)
+GRID_EVERY = 25                           # 12 snapshots of a 300-step run
+GRID_SIGNAL_IMAGES = 100                  # of the 200 target train images
+GRID_HOLDOUT = 20                         # of the 200 source frames, held out of training
+GRID_QUICK = {"weights": (0.0, 1.0), "every": 2, "signal_images": 4, "holdout": 2}
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -91,6 +102,11 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--oracle", action="store_true",
                    help="two diagnostic rows more (about 5 minutes per seed here): a DRN-D-38 trained on the target's "
                         "train labels, and a DAKD student distilled from it, to show what a stronger teacher gives")
+    p.add_argument("--selection-grid", type=int, nargs="*", metavar="SEED", default=None,
+                   help="instead of the comparison: train the adapted student over a grid of adversarial weights "
+                        f"{GRID_ADV_MAIN} x these seeds (none given: {' '.join(map(str, GRID_SEEDS))}), validated "
+                        f"every {GRID_EVERY} steps, into OUT/selection_grid, and measure how well each checkpoint-"
+                        "selection criterion would have chosen (docs/selection.md)")
     p.add_argument("--num-workers", type=int, default=NUM_WORKERS)
     p.add_argument("--threads", type=positive_int, default=None,
                    help="torch compute threads (default: the cores left after the loader workers)")
@@ -345,13 +361,128 @@ def summarize_seeds(out: Path, summaries: dict[int, dict]) -> str:
     return text
 
 
+def _grid_plan(args) -> dict:
+    """The grid's weights, validation interval, signal images and source hold-out (smaller with --quick)."""
+    if args.quick:
+        return dict(GRID_QUICK)
+    return {"weights": GRID_ADV_MAIN, "every": GRID_EVERY, "signal_images": GRID_SIGNAL_IMAGES,
+            "holdout": GRID_HOLDOUT}
+
+
+def selection_grid(args, out: Path, seeds: Sequence[int]) -> dict:
+    """Train the grid (weights x `seeds`, seed after seed) through train_gta2cs_multi_drnd22.py into `out`, then
+    write `out`/selection.{md,json,png}: each criterion's rank correlation with the true val mIoU and regret,
+    within a run and pooled over a seed's weights, mean and std over seeds (utils/select.py)."""
+    plan = _grid_plan(args)
+    args.seed = seeds[0]
+    check_out_folder(argparse.Namespace(**vars(args), grid=plan, grid_seeds=list(seeds)), out)
+    data = ensure_data(args)
+    size = f"{args.size[0]},{args.size[1]}"
+    runs: dict[tuple[float, int], Path] = {}
+    started = time.time()
+    for i, (seed, weight) in enumerate([(s, w) for s in seeds for w in plan["weights"]], 1):
+        folder = runs.setdefault((weight, seed), out / f"adv{weight:g}_seed{seed}")
+        print(f"\n[{i}/{len(seeds) * len(plan['weights'])}] --lambda-adv-main {weight:g}, seed {seed} "
+              f"(elapsed {_fmt(time.time() - started)})", flush=True)
+        if (folder / "final.pth").is_file():
+            print(f"reusing {folder} (same settings; delete it to train it again)")
+            continue
+        flags = ["--data-dir", str(data / "gta5"), "--data-dir-target", str(data / "cityscapes"),
+                 "--input-size", size, "--input-size-target", size, "--eval-size", size,
+                 "--batch-size", str(args.batch_size), "--num-steps", str(args.steps),
+                 "--learning-rate", str(args.learning_rate), "--pretrained", "none", "--random-seed", str(seed),
+                 "--num-workers", str(args.num_workers), "--device", args.device, "--snapshot-dir", str(folder),
+                 "--save-pred-every", str(args.steps), "--log-every", "10", "--random-mirror",
+                 "--zero-init-residual" if args.zero_init_residual else "--no-zero-init-residual",
+                 "--lambda-adv-main", str(weight), "--lambda-adv-aux", str(weight / 5),
+                 "--eval-every", str(plan["every"]), "--signal-images", str(plan["signal_images"]),
+                 "--source-holdout", str(plan["holdout"]), "--no-progress"]
+        if (folder / "last.pth").is_file():
+            flags += ["--resume", str(folder / "last.pth")]
+        status = train_gta2cs_multi_drnd22.main(flags)
+        if status:
+            raise SystemExit(status)
+    print(f"\ngrid trained in {_fmt(time.time() - started)}", flush=True)
+    return summarize_grid(out, runs, plan, seeds)
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    import math
+    import statistics
+
+    values = [v for v in values if math.isfinite(v)]
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), _sd(values)
+
+
+def summarize_grid(out: Path, runs: dict[tuple[float, int], Path], plan: dict, seeds: Sequence[int]) -> dict:
+    """The grid's table (mean ± std over seeds) and figure, from the runs' log.jsonl files."""
+    from utils.criteria import CRITERIA, LAST, RANDOM
+    from utils.select import assess, plot_report, pooled, read_snapshots, select_runs
+
+    weights = plan["weights"]
+    snaps = {key: read_snapshots(folder) for key, folder in runs.items()}
+    names = [LAST, RANDOM, *(n for n in CRITERIA if any(n in assess(s)["criteria"] for s in snaps.values()))]
+    per_seed = {}
+    for seed in seeds:
+        within = [assess(snaps[w, seed])["criteria"] for w in weights]
+        pool = pooled([(str(runs[w, seed]), snaps[w, seed]) for w in weights])["criteria"]
+        per_seed[seed] = {n: {"rho_within": _mean_sd([r[n].get("rho", float("nan")) for r in within if n in r])[0],
+                              "regret_within": _mean_sd([r[n]["regret"] for r in within if n in r])[0],
+                              "rho_pooled": pool.get(n, {}).get("rho", float("nan")),
+                              "regret_pooled": pool.get(n, {}).get("regret", float("nan")),
+                              "pick_pooled": pool.get(n, {}).get("run")} for n in names}
+    rows = []
+    for n in names:
+        row = {"criterion": n}
+        for field in ("rho_within", "regret_within", "rho_pooled", "regret_pooled"):
+            row[field] = _mean_sd([per_seed[s][n][field] for s in seeds])
+        row["beats_last_pooled"] = sum(per_seed[s][n]["regret_pooled"] < per_seed[s][LAST]["regret_pooled"] - 1e-12
+                                       for s in seeds)
+        rows.append(row)
+    finals = {w: _mean_sd([100 * snaps[w, s][-1]["val/mIoU"] for s in seeds]) for w in weights}
+    bests = {w: _mean_sd([100 * max(x["val/mIoU"] for x in snaps[w, s]) for s in seeds]) for w in weights}
+
+    def pm(value: tuple[float, float], scale: float = 1.0, digits: int = 2) -> str:
+        mean, sd = value
+        return "-" if mean != mean else f"{scale * mean:.{digits}f} ± {scale * sd:.{digits}f}"
+
+    lines = ["| criterion | rho within a run | regret within a run | rho over the grid | regret over the grid | "
+             "beats `last` over the grid |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        beats = "-" if row["criterion"] == LAST else f"{row['beats_last_pooled']}/{len(seeds)}"
+        lines.append(f"| `{row['criterion']}` | {pm(row['rho_within'])} | {pm(row['regret_within'], 100, 1)} | "
+                     f"{pm(row['rho_pooled'])} | {pm(row['regret_pooled'], 100, 1)} | {beats} |")
+    weights_table = ["| --lambda-adv-main | last snapshot's val mIoU | best snapshot's val mIoU |", "|---|---|---|"]
+    weights_table += [f"| {w:g} | {pm(finals[w], 1, 1)} | {pm(bests[w], 1, 1)} |" for w in weights]
+    text = "\n".join(lines)
+    report = select_runs([runs[key] for key in sorted(runs)])
+    figure = plot_report(report, out / "selection.png")
+    summary = {"weights": list(weights), "seeds": list(seeds), "plan": plan, "per_seed": per_seed,
+               "rows": [{k: (list(v) if isinstance(v, tuple) else v) for k, v in r.items()} for r in rows],
+               "last_mIoU": {f"{w:g}": list(finals[w]) for w in weights},
+               "best_mIoU": {f"{w:g}": list(bests[w]) for w in weights}}
+    write_text_atomic(out / "selection.json", json.dumps(summary, indent=2, default=str) + "\n")
+    write_text_atomic(out / "selection.md",
+                      f"# Checkpoint selection on the demo's grid (seeds {', '.join(map(str, seeds))})\n\n"
+                      f"{text}\n\n{chr(10).join(weights_table)}\n")
+    print("\n" + text + "\n\n" + "\n".join(weights_table))
+    print(f"\nwrote {out / 'selection.md'}, {out / 'selection.json'}, {figure}")
+    return summary
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the whole demo (once per seed)."""
     args = parse_args(argv)
+    grid = vars(args).pop("selection_grid")  # not one of the comparison's settings
     out = Path(args.out)
     # On a small CPU, compute threads that compete with the loader workers spin-wait for each other:
     # one thread per free core is several times faster than oversubscribing (measured on 2 cores).
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) - args.num_workers))
+    if grid is not None:
+        selection_grid(args, out / "selection_grid", tuple(grid) or GRID_SEEDS)
+        return 0
     summaries = {}
     for seed in args.seeds:
         args.seed = seed
