@@ -376,7 +376,8 @@ def selection_grid(args, out: Path, seeds: Sequence[int]) -> dict:
     within a run and pooled over a seed's weights, mean and std over seeds (utils/select.py)."""
     plan = _grid_plan(args)
     args.seed = seeds[0]
-    check_out_folder(argparse.Namespace(**vars(args), grid=plan, grid_seeds=list(seeds)), out)
+    stamped = {k: list(v) if isinstance(v, tuple) else v for k, v in plan.items()}  # as settings.json reads back
+    check_out_folder(argparse.Namespace(**vars(args), grid=stamped, grid_seeds=list(seeds)), out)
     data = ensure_data(args)
     size = f"{args.size[0]},{args.size[1]}"
     runs: dict[tuple[float, int], Path] = {}
