@@ -168,3 +168,16 @@ def test_criteria_rule_and_names():
     assert checkpoint_name("oracle") == "selected_oracle.pth" and checkpoint_name("last") == "final.pth"
     with pytest.raises(ValueError, match="unknown criterion"):
         checkpoint_name("best")
+
+
+def test_a_synthia_runs_truth_is_its_16_class_miou(tmp_path):
+    """A log holding val/mIoU16 (a SYNTHIA-trained run) is judged by it, not by the 19-class val/mIoU."""
+    series = {"val/mIoU": [0.30, 0.20, 0.25, 0.21, 0.22], "val/mIoU16": [0.30, 0.40, 0.35, 0.38, 0.33],
+              "sel/entropy": [0.50, 0.30, 0.30, 0.35, 0.40]}
+    report = select_runs([write_run(tmp_path / "synthia", series)])
+    run = report["runs"][0]
+    assert run["truth"] == "val/mIoU16" and run["best_mIoU"] == 0.40
+    assert run["criteria"]["oracle"]["step"] == 20 and run["criteria"]["last"]["regret"] == pytest.approx(0.07)
+    assert run["criteria"]["entropy"]["mIoU"] == 0.35  # its pick, step 30, scored by the 16 classes
+    assert select_runs([write_run(tmp_path / "gta5", {k: v for k, v in series.items() if k != "val/mIoU16"})]
+                       )["runs"][0]["truth"] == "val/mIoU"

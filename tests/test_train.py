@@ -160,9 +160,9 @@ def test_validation_while_training_logs_the_miou_eval_cs_gives(synthetic_root, t
     values = [r["val/mIoU"] for r in read_log(out / "log.jsonl") if "val/mIoU" in r]
     assert len(values) == 1
     # selected_oracle.pth (--keep-best) is the net validated at step 2: eval_cs.py on it gives the logged score
-    again = eval_cs.main(["--restore-from", str(out / "selected_oracle.pth"), "--data-dir", str(synthetic_root / "cityscapes"),
-                          "--input-size", "64,32", "--limit", "2", "--batch-size", "2", "--num-workers", "0",
-                          "--device", "cpu", "--no-progress"])
+    again = eval_cs.main(["--restore-from", str(out / "selected_oracle.pth"),
+                          "--data-dir", str(synthetic_root / "cityscapes"), "--input-size", "64,32", "--limit", "2",
+                          "--batch-size", "2", "--num-workers", "0", "--device", "cpu", "--no-progress"])
     assert again["mIoU"] == pytest.approx(values[0], abs=1e-9)
 
 

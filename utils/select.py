@@ -3,7 +3,8 @@
     python -m utils.select RUN_DIR [RUN_DIR ...] [--json OUT] [--figure PNG]
 
 Reads each run's log.jsonl. A snapshot is a logged step holding `val/mIoU` or a `sel/` signal (every
-`--eval-every`). Per run, for every criterion of `utils.criteria` the log holds: the snapshot it picks
+`--eval-every`); the truth is `val/mIoU`, or `val/mIoU16` in the log of a SYNTHIA-trained run (the field's
+16 classes). Per run, for every criterion of `utils.criteria` the log holds: the snapshot it picks
 (its fixed direction; a tie goes to the later step, as during training), the true val mIoU of that
 pick where the log has it, the regret (best true mIoU of the run minus the pick's), and Spearman's rho
 and Kendall's tau between the criterion's value and the true mIoU across snapshots. Both are computed on
