@@ -14,7 +14,7 @@ from utils.config import TrainConfig
 from utils.criteria import CRITERIA, ENTROPY, LABEL_FREE, SOURCE_MIOU
 from utils.errors import ConfigError
 from utils.logger import read_log
-from utils.select import read_snapshots, select_runs
+from utils.select import select_runs
 from utils.validation import check_selection
 
 HOST = ["--num-workers", "0", "--no-progress", "--device", "cpu"]
@@ -91,17 +91,26 @@ def test_training_never_draws_the_source_hold_out(synthetic_root, tmp_path, monk
     assert [r[SOURCE_MIOU] for r in read_log(out / "log.jsonl") if SOURCE_MIOU in r]  # the hold-out was scored
 
 
-def test_select_keeps_the_pick_and_resumes_keep_every_best(synthetic_root, tmp_path, monkeypatch):
-    """Scripted entropies: the best (lowest) is at step 4 of 2, 4, 6, 8; a resume after step 4 keeps it."""
+def _script(monkeypatch, entropies=(), mious=()):
+    """The validations' entropy and val mIoU, in order (the other signals as computed)."""
     import utils.validation
 
-    entropies = iter([0.5, 0.2, 0.3, 0.4])
-    real = utils.validation.compute_signals
+    entropies, mious, real = iter(entropies), iter(mious), utils.validation.compute_signals
 
-    def scripted(*args, **kwargs):
+    def signals(*args, **kwargs):
         return real(*args, **kwargs) | {ENTROPY: next(entropies)}
 
-    monkeypatch.setattr(utils.validation, "compute_signals", scripted)
+    def evaluate(*args, **kwargs):
+        return {"mIoU": next(mious), "pixel_acc": 0.5}
+
+    monkeypatch.setattr(utils.validation, "compute_signals", signals)
+    monkeypatch.setattr(utils.validation, "evaluate", evaluate)
+    return entropies, mious
+
+
+def test_select_keeps_the_pick_and_resumes_keep_every_best(synthetic_root, tmp_path, monkeypatch):
+    """Scripted entropies and val mIoUs, both best at step 4 of 2, 4, 6, 8; a resume after step 4 keeps them."""
+    entropies, mious = _script(monkeypatch, [0.5, 0.2, 0.3, 0.4], [0.3, 0.5, 0.4, 0.45])
     out = tmp_path / "run"
     args = [*tiny_train_args(synthetic_root, out, steps=8), "--eval-every", "2", "--select", "entropy",
             "--keep-best", "--keep-last", "4", "--signal-images", "2", "--eval-limit", "2"]
@@ -111,31 +120,29 @@ def test_select_keeps_the_pick_and_resumes_keep_every_best(synthetic_root, tmp_p
     before = torch.load(out / "last.pth", weights_only=True)["selection"]["bests"]
     assert before["entropy"] == {"value": 0.2, "step": 4}
     assert set(before) == set(CRITERIA) - {"agree_teacher", "source_mIoU"}
-    assert torch.load(out / "last.pth", weights_only=True)["best_val_mIoU"] == before["oracle"]["value"]
-    oracle = _net(out / "selected_oracle.pth")
+    assert before["oracle"] == {"value": 0.5, "step": 4}
+    assert torch.load(out / "last.pth", weights_only=True)["best_val_mIoU"] == 0.5
+    assert _same(_net(out / "selected_oracle.pth"), at_4)
 
-    # resumed: entropy 0.3 and 0.4 at steps 6 and 8 do not beat step 4's 0.2
+    # resumed: steps 6 and 8 beat neither step 4's entropy nor its val mIoU
     assert student_script.main(["--resume", str(out / "last.pth"), *HOST]) == 0
-    assert _same(_net(out / "selected_entropy.pth"), at_4)
-    after = torch.load(out / "last.pth", weights_only=True)["selection"]["bests"]
-    assert after["entropy"] == {"value": 0.2, "step": 4}
-    assert next(entropies, None) is None
-    # the oracle's file moved only if a later step beat the best score before the resume
-    steps = read_snapshots(out)
-    best_step = max(steps, key=lambda s: (s["val/mIoU"], s["step"]))["step"]
-    assert after["oracle"]["step"] == best_step
-    if best_step <= 4:
-        assert _same(_net(out / "selected_oracle.pth"), oracle)
+    assert _same(_net(out / "selected_entropy.pth"), at_4) and _same(_net(out / "selected_oracle.pth"), at_4)
+    after = torch.load(out / "last.pth", weights_only=True)
+    assert after["selection"]["bests"]["entropy"] == {"value": 0.2, "step": 4}
+    assert after["selection"]["bests"]["oracle"] == {"value": 0.5, "step": 4} and after["best_val_mIoU"] == 0.5
+    assert next(entropies, None) is None and next(mious, None) is None
     # what utils.select picks from the log is what the run kept
-    assert select_runs([out])["runs"][0]["criteria"]["entropy"]["step"] == 4
+    picks = select_runs([out])["runs"][0]["criteria"]
+    assert picks["entropy"]["step"] == 4 and picks["oracle"]["step"] == 4
 
 
 def test_a_resume_with_another_select_or_an_older_best_pth(synthetic_root, tmp_path, monkeypatch):
     """A criterion newly kept on resume starts over (its file appears at the next validation); an older run's
     best.pth becomes selected_oracle.pth, and its best_val_mIoU is the oracle's best."""
+    _script(monkeypatch, [0.5, 0.4], [0.5, 0.2])
     out = tmp_path / "run"
     args = [*tiny_train_args(synthetic_root, out, steps=4), "--eval-every", "2", "--keep-best",
-            "--signal-images", "2", "--eval-limit", "2"]
+            "--signal-images", "2"]
     assert student_script.main([*args, "--num-steps-stop", "2"]) == 0
     last = out / "last.pth"
     state = torch.load(last, weights_only=True)
@@ -147,8 +154,8 @@ def test_a_resume_with_another_select_or_an_older_best_pth(synthetic_root, tmp_p
     assert not (out / "best.pth").exists() and (out / "selected_diversity.pth").is_file()
     bests = torch.load(last, weights_only=True)["selection"]["bests"]
     assert bests["diversity"]["step"] == 4  # started over at the resume
-    if bests["oracle"]["step"] == 2:
-        assert _same(_net(out / "selected_oracle.pth"), kept)
+    assert bests["oracle"] == {"value": 0.5, "step": 2}  # from best_val_mIoU; step 4's 0.2 did not beat it
+    assert _same(_net(out / "selected_oracle.pth"), kept)
 
 
 def _cfg(**changes) -> TrainConfig:

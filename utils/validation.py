@@ -130,6 +130,7 @@ class Validator:
         if saved is not None:
             self.bests = {name: (float(b["value"]), int(b["step"])) for name, b in saved.items() if name in CRITERIA}
         elif state.get("best_val_mIoU") is not None and math.isfinite(state["best_val_mIoU"]):
+            # an older checkpoint does not say at which step its best was: the resume's step stands in
             self.bests = {"oracle": (float(state["best_val_mIoU"]), int(state.get("global_step", 0)))}
         if not self.info.is_main:
             return
