@@ -13,7 +13,7 @@ from model.discriminator import MIN_SIZE
 from utils.cli import ArgumentParser, DefaultsHelpFormatter, non_negative_int, positive_int, size_arg
 from utils.objective import ALIASES, KNOBS, PARADIGMS
 
-SOURCES = ("gta5", "bdd", "cityscapes")  # cityscapes: its own labels, the "oracle" upper bound
+SOURCES = ("gta5", "bdd", "cityscapes", "synthia")  # cityscapes: its own labels, the "oracle" upper bound
 TARGETS = ("cityscapes", "bdd")
 
 
@@ -163,13 +163,16 @@ def build_parser(defaults: TrainConfig, *, prog: str, description: str, distill:
                        formatter_class=DefaultsHelpFormatter)
 
     g = p.add_argument_group("network")
-    g.add_argument("--arch", dest="arch", default=d.arch, help="backbone (e.g. drn_d_22, drn_d_38)")
+    g.add_argument("--arch", dest="arch", default=d.arch,
+                   help="net: a DRN (e.g. drn_d_22, drn_d_38) or DeepLab-v2 ResNet-101 (deeplabv2_resnet101, "
+                        "deeplabv2_resnet101_adaptsegnet; docs/reference.md)")
     g.add_argument("--aux-layer", dest="aux_layer", type=int, default=d.aux_layer,
                    help="DRN level of the auxiliary head (default %(default)s, the script's AUX_LAYER; "
-                        "when unset: 6 for drn_d_22, 7 for drn_d_38)")
+                        "when unset: 6 for drn_d_22, 7 for drn_d_38); DeepLab-v2's is always layer3")
     g.add_argument("--num-classes", dest="num_classes", type=positive_int, default=d.num_classes)
     g.add_argument("--pretrained", dest="pretrained", default=d.pretrained,
-                   help="backbone init: 'imagenet' (published DRN weights), a path or URL, or 'none'")
+                   help="backbone init: 'imagenet' (published ImageNet weights), 'coco' (DeepLab-v2 only: "
+                        "ImageNet + MS-COCO, AdaptSegNet's), a path or URL, or 'none'")
     g.add_argument("--zero-init-residual", dest="zero_init_residual", action=argparse.BooleanOptionalAction,
                    default=d.zero_init_residual,
                    help="from scratch (--pretrained none): start each residual block as the identity "

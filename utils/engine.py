@@ -17,7 +17,15 @@ from torch.utils.data import DataLoader
 
 from dataset import build_dataset
 from dataset.sampling import StreamSampler, seed_worker
-from model import DEFAULT_AUX_LAYER, Discriminator, build_from_checkpoint, build_seg_model, load_weights, save_final
+from model import (
+    Discriminator,
+    build_from_checkpoint,
+    build_seg_model,
+    load_weights,
+    param_groups,
+    resolve_aux_layer,
+    save_final,
+)
 from utils.checkpoint import TRAIN_FORMAT, load_training_state, save_training_state
 from utils.cli import check_output
 from utils.config import TrainConfig, run_name
@@ -156,9 +164,10 @@ def build_models(cfg: TrainConfig, device: torch.device):
 
 
 def make_optimizers(cfg: TrainConfig, net: nn.Module, discs):
-    """SGD for the net, Adam for each discriminator (docs/method.md#training-iteration)."""
-    opt = torch.optim.SGD(net.parameters(), lr=cfg.learning_rate, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay)
+    """SGD for the net (its parameter groups, each at `lr_mult` x the rate), Adam for each discriminator
+    (docs/method.md#training-iteration)."""
+    groups = [{**g, "lr": cfg.learning_rate * g["lr_mult"]} for g in param_groups(net)]
+    opt = torch.optim.SGD(groups, lr=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     d_opts = tuple(torch.optim.Adam(d.parameters(), lr=cfg.learning_rate_d, betas=(0.9, 0.99)) for d in discs)
     return opt, d_opts
 
@@ -226,8 +235,7 @@ def training_state(run: Run) -> dict:
 
 
 def _check_resume(cfg: TrainConfig, state: dict) -> None:
-    asked = {"arch": cfg.arch, "num_classes": cfg.num_classes,
-             "aux_layer": DEFAULT_AUX_LAYER.get(cfg.arch) if cfg.aux_layer is None else cfg.aux_layer}
+    asked = {"arch": cfg.arch, "num_classes": cfg.num_classes, "aux_layer": resolve_aux_layer(cfg.arch, cfg.aux_layer)}
     for key, value in asked.items():
         if key in state and state[key] != value:
             raise CheckpointError(f"--resume {cfg.resume}: it was trained with {key}={state[key]!r}, "

@@ -19,9 +19,9 @@ def poly_lr(base_lr: float, step: int, total_steps: int, power: float = 0.9) -> 
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set the learning rate of every parameter group."""
+    """Set the learning rate of every parameter group: `lr` times the group's `lr_mult` (1 when absent)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_mult", 1.0)
 
 
 def freeze_teacher(teacher: nn.Module) -> nn.Module:
