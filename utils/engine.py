@@ -465,15 +465,16 @@ class _Validator:
 
     def __call__(self, net: nn.Module, global_step: int) -> None:
         if self.info.is_main:
-            from utils.evaluate import evaluate
+            from utils.evaluate import evaluate, validation_scores
 
             start = time.time()
             result = evaluate(unwrap(net), self._loader, self.device, limit=self.cfg.eval_limit, amp=self.cfg.amp,
                               channels_last=self.cfg.channels_last, progress=False)
-            self.logger.log(global_step, {"val/mIoU": result["mIoU"], "val/pixel_acc": result["pixel_acc"],
+            score, extra = validation_scores(self.cfg.source, result)  # SYNTHIA: its 16 classes (and 13)
+            self.logger.log(global_step, {"val/mIoU": result["mIoU"], **extra, "val/pixel_acc": result["pixel_acc"],
                                           "val/seconds": time.time() - start})
-            if self.cfg.keep_best and result["mIoU"] > self.best:
-                self.best = result["mIoU"]
+            if self.cfg.keep_best and score > self.best:
+                self.best = score
                 save_final(self.folder / "best.pth", unwrap(net))
         barrier(self.info)
 
