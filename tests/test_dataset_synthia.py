@@ -98,3 +98,13 @@ def test_the_doctor_reads_synthia_and_refuses_colour_labels(synthetic_root, tmp_
     result = run_script("-m", "dataset.check", "--dataset", "synthia", "--root", str(copy), "--full", "--no-progress")
     assert result.returncode == 2
     assert "0000003.png must be a SYNTHIA GT/LABELS PNG" in result.stdout + result.stderr
+
+
+def test_the_decode_benchmark_prints_a_line_per_reader(capsys):
+    from bench.synthia_decode import main
+
+    assert main(["--repeat", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("1 thread") and "1280x760" in lines[0]
+    assert lines[1].startswith("torchvision (used)") and lines[1].endswith("ids right")
+    assert any(line.startswith("Pillow") for line in lines)

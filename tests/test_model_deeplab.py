@@ -304,3 +304,12 @@ def test_the_coco_file_is_checked_against_its_sha256_prefix_and_offline_says_how
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"no ImageNet + MS-COCO weights for {ARCH}: every source failed: {url}" in err
     assert f"python -m model.weights fetch {ARCH} --init coco" in err and list(tmp_path.iterdir()) == []
+
+
+def test_the_param_group_benchmark_counts_their_repeated_listing(capsys):
+    from bench.deeplab_param_groups import main
+
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "their 1x group: 314 entries for 104 parameters; appearances -> parameters: {1: 1, 3: 99, 4: 4}" in out
+    assert "our 1x group: 104 entries for 104 parameters" in out and "steps 1..5: 3.00, " in out
