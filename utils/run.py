@@ -134,7 +134,7 @@ def start_run(cfg: TrainConfig, info: DistInfo, device: torch.device) -> tuple[R
                           kept=[d.name for d in declared(TrainConfig) if d.setting.resume != "invocation"])
     # Always there, so that each criterion's best so far travels through every save, even while a resumed
     # run does not validate; it scores the net only with --eval-every.
-    validator = Validator(val_set, signal_set, holdout if validates else None, teacher=teacher,
+    validator = Validator(val_set, signal_set, holdout if validates else None, teacher=teacher, source=cfg.source,
                           num_classes=cfg.num_classes, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                           device=device, amp=cfg.amp, channels_last=cfg.channels_last, limit=cfg.eval_limit,
                           keep=kept_criteria(cfg), logger=logger, folder=folder, info=info)

@@ -16,7 +16,7 @@ from model import save_final
 from utils.config import TrainConfig
 from utils.criteria import CRITERIA, LAST, ORACLE, checkpoint_name, criterion_value, improves
 from utils.errors import ConfigError
-from utils.evaluate import eval_collate, evaluate
+from utils.evaluate import eval_collate, evaluate, validation_scores
 from utils.logger import RunLogger
 from utils.runtime import DistInfo, barrier, unwrap
 from utils.signals import compute_signals, source_miou
@@ -60,15 +60,17 @@ class Validator:
     """Scores the net at each validation (rank 0; the other ranks wait), logs every score in one record, and
     keeps the snapshot of each criterion in `keep` as `selected_<name>.pth` when it improves.
 
-    The best value (and step) of every criterion travels through each save (`state_dict`), so that a resumed
-    run compares with its bests so far; the oracle's is also `best_val_mIoU`, as before selection existed.
+    A SYNTHIA-trained net is also scored on SYNTHIA's 16 and 13 classes (val/mIoU16, val/mIoU13): its oracle
+    is the 16-class mIoU (`utils.criteria.oracle_key`). The best value (and step) of every criterion travels
+    through each save (`state_dict`), so that a resumed run compares with its bests so far; the oracle's is
+    also `best_val_mIoU`, as before selection existed.
     """
 
     def __init__(self, val_set: Dataset | None, signal_set: Dataset | None, holdout_set: Dataset | None, *,
-                 teacher: nn.Module | None, num_classes: int, batch_size: int, num_workers: int,
+                 teacher: nn.Module | None, source: str, num_classes: int, batch_size: int, num_workers: int,
                  device: torch.device, amp: str, channels_last: bool, limit: int | None, keep: tuple[str, ...],
                  logger: RunLogger, folder: Path, info: DistInfo):
-        self.teacher, self.num_classes, self.device, self.amp = teacher, num_classes, device, amp
+        self.teacher, self.source, self.num_classes, self.device, self.amp = teacher, source, num_classes, device, amp
         self.channels_last, self.limit, self.keep = channels_last, limit, keep
         self.logger, self.folder, self.info = logger, folder, info
         self.bests: dict[str, tuple[float, int]] = {}  # criterion -> (best value, its global step)
@@ -92,7 +94,8 @@ class Validator:
             start = time.time()
             result = evaluate(unwrap(net), self._val, self.device, limit=self.limit, amp=self.amp,
                               channels_last=self.channels_last, progress=False)
-            values |= {ORACLE: result["mIoU"], "val/pixel_acc": result["pixel_acc"],
+            _, extra = validation_scores(self.source, result)  # SYNTHIA: its 16 classes (and 13)
+            values |= {ORACLE: result["mIoU"], **extra, "val/pixel_acc": result["pixel_acc"],
                        "val/seconds": time.time() - start}
         if self._signals is not None:
             values |= compute_signals(net, self._signals, self.device, self.teacher, amp=self.amp,
