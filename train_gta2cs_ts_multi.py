@@ -60,7 +60,8 @@ AMP = "off"                        # 'bf16' or 'fp16' autocast
 CHANNELS_LAST = False
 RANDOM_SEED = 1234
 SAVE_PRED_EVERY = 2000
-EVAL_EVERY = 0                     # > 0: score the target's val split every N steps
+EVAL_EVERY = 0                     # > 0: score the target's val split and the selection signals every N steps
+SELECT = "last"                    # keep the snapshot this criterion picks (e.g. "entropy"; docs/selection.md)
 SNAPSHOT_DIR = None                # None: snapshots/<run name from the key settings>
 
 

@@ -59,6 +59,12 @@ def test_a_target_without_labels_trains_and_selects_opening_no_target_label(synt
     assert [r["step"] for r in records] == [2, 4]
     assert all("val/mIoU" not in r and SOURCE_MIOU in r for r in records)
     assert (out / "selected_entropy.pth").is_file() and not (out / "selected_oracle.pth").exists()
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    events = event_accumulator.EventAccumulator(str(out / "tb"))
+    events.Reload()
+    for key in (ENTROPY, SOURCE_MIOU, "sel/snd_main"):  # TensorBoard holds what log.jsonl holds
+        assert [(e.step, e.value) for e in events.Scalars(key)] == [
+            (r["step"], pytest.approx(r[key], rel=1e-6)) for r in records]
     # the report picks without the truth: every pick, no regret
     report = select_runs([out])
     rows = report["runs"][0]["criteria"]
