@@ -426,10 +426,13 @@ def summarize_grid(out: Path, runs: dict[tuple[float, int], Path], plan: dict, s
     weights = plan["weights"]
     snaps = {key: read_snapshots(folder) for key, folder in runs.items()}
     names = [LAST, RANDOM, *(n for n in CRITERIA if any(n in assess(s)["criteria"] for s in snaps.values()))]
-    per_seed = {}
+    per_seed, beats_within = {}, {n: 0 for n in names}
     for seed in seeds:
         within = [assess(snaps[w, seed])["criteria"] for w in weights]
         pool = pooled([(str(runs[w, seed]), snaps[w, seed]) for w in weights])["criteria"]
+        for run in within:
+            for n in names:
+                beats_within[n] += n in run and run[n]["regret"] < run[LAST]["regret"] - 1e-12
         per_seed[seed] = {n: {"rho_within": _mean_sd([r[n].get("rho", float("nan")) for r in within if n in r])[0],
                               "regret_within": _mean_sd([r[n]["regret"] for r in within if n in r])[0],
                               "rho_pooled": pool.get(n, {}).get("rho", float("nan")),
@@ -440,6 +443,7 @@ def summarize_grid(out: Path, runs: dict[tuple[float, int], Path], plan: dict, s
         row = {"criterion": n}
         for field in ("rho_within", "regret_within", "rho_pooled", "regret_pooled"):
             row[field] = _mean_sd([per_seed[s][n][field] for s in seeds])
+        row["beats_last_within"] = beats_within[n]
         row["beats_last_pooled"] = sum(per_seed[s][n]["regret_pooled"] < per_seed[s][LAST]["regret_pooled"] - 1e-12
                                        for s in seeds)
         rows.append(row)
@@ -450,12 +454,14 @@ def summarize_grid(out: Path, runs: dict[tuple[float, int], Path], plan: dict, s
         mean, sd = value
         return "-" if mean != mean else f"{scale * mean:.{digits}f} ± {scale * sd:.{digits}f}"
 
-    lines = ["| criterion | rho within a run | regret within a run | rho over the grid | regret over the grid | "
-             "beats `last` over the grid |", "|---|---|---|---|---|---|"]
+    lines = ["| criterion | rho within a run | regret within a run | beats `last` (runs) | rho over the grid | "
+             "regret over the grid | beats `last` (seeds) |", "|---|---|---|---|---|---|---|"]
     for row in rows:
-        beats = "-" if row["criterion"] == LAST else f"{row['beats_last_pooled']}/{len(seeds)}"
+        first = row["criterion"] == LAST
+        within = "-" if first else f"{row['beats_last_within']}/{len(runs)}"
+        pooled_beats = "-" if first else f"{row['beats_last_pooled']}/{len(seeds)}"
         lines.append(f"| `{row['criterion']}` | {pm(row['rho_within'])} | {pm(row['regret_within'], 100, 1)} | "
-                     f"{pm(row['rho_pooled'])} | {pm(row['regret_pooled'], 100, 1)} | {beats} |")
+                     f"{within} | {pm(row['rho_pooled'])} | {pm(row['regret_pooled'], 100, 1)} | {pooled_beats} |")
     weights_table = ["| --lambda-adv-main | last snapshot's val mIoU | best snapshot's val mIoU |", "|---|---|---|"]
     weights_table += [f"| {w:g} | {pm(finals[w], 1, 1)} | {pm(bests[w], 1, 1)} |" for w in weights]
     text = "\n".join(lines)
