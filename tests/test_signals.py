@@ -194,10 +194,10 @@ def test_signals_on_the_synthetic_target_open_no_label(synthetic_root, monkeypat
     from model import build_seg_model
     from utils.evaluate import eval_collate
 
-    def no_label(path, *args, **kwargs):
-        raise AssertionError(f"a target label was opened: {path}")
+    def no_label(self, index):  # every label is read through its path
+        raise AssertionError(f"a target label was looked up: {self.files[index]}")
 
-    monkeypatch.setattr(dataset.base, "read_label", no_label)
+    monkeypatch.setattr(dataset.base.SegmentationDataset, "label_path", no_label)
     target = build_dataset("cityscapes", synthetic_root / "cityscapes", "train", size=(64, 32), labels=False)
     subset = target_signal_dataset(target, 3, size=(32, 16))
     loader = DataLoader(subset, batch_size=2, collate_fn=eval_collate)
