@@ -78,6 +78,7 @@ class TrainConfig:
     device: str = "auto"
     amp: str = "off"
     channels_last: bool = False
+    compile: bool = False
     sync_bn: bool = False
     dist_timeout: int = 60
     snapshot_dir: Optional[str] = None
@@ -233,6 +234,8 @@ def build_parser(defaults: TrainConfig, *, prog: str, description: str, distill:
     g.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu, cuda, cuda:N")
     g.add_argument("--amp", choices=("off", "bf16", "fp16"), default=d.amp)
     g.add_argument("--channels-last", dest="channels_last", action="store_true", default=d.channels_last)
+    g.add_argument("--compile", action="store_true", default=d.compile,
+                   help="torch.compile the nets (the first steps compile; docs/scaling.md#gpu-check)")
     g.add_argument("--sync-bn", dest="sync_bn", action="store_true", default=d.sync_bn)
     g.add_argument("--dist-timeout", dest="dist_timeout", type=positive_int, default=d.dist_timeout,
                    help="minutes a rank waits for the others (rank 0 validates and saves meanwhile)")
@@ -266,7 +269,7 @@ RESUME_HOST = frozenset({"resume", "device", "num_workers", "progress", "debug",
 # The run's saved value unless given again: how the run computes and records, and where its files are
 # (data and teachers may move). Every other setting is the run's own and cannot change.
 RESUME_MAY_CHANGE = frozenset({
-    "amp", "channels_last", "deterministic", "sync_bn", "log_every", "save_pred_every", "keep_last",
+    "amp", "channels_last", "compile", "deterministic", "sync_bn", "log_every", "save_pred_every", "keep_last",
     "eval_every", "eval_limit", "keep_best", "skip_nonfinite", "allow_pickle",
     "data_dir", "data_list", "data_dir_target", "data_list_target", "teacher", "snapshot_dir", "val_split",
     "eval_size",

@@ -29,6 +29,7 @@ from utils.objective import ADAPTATION, PARADIGMS, Objective, PhaseSpec, build_o
 from utils.runtime import (
     DistInfo,
     barrier,
+    compile_nets,
     init_distributed,
     is_main_process,
     rng_state,
@@ -152,6 +153,7 @@ def build_models(cfg: TrainConfig, device: torch.device):
         net = net.to(memory_format=torch.channels_last)
         if teacher is not None:
             teacher = teacher.to(memory_format=torch.channels_last)
+    compile_nets((net, teacher), enabled=cfg.compile)
     return net, discs, teacher
 
 
