@@ -342,6 +342,9 @@ def parse_args(argv: Sequence[str] | None):
     parser.add_argument("--out", default="runs/gpu_check", help="--gpu: folder of gpu_check.json and gpu_check.md")
     parser.add_argument("--sections", default=None,
                         help="--gpu: comma-separated subset of steps,memory,eval,deterministic,tests,compile")
+    parser.add_argument("--scripts", default=None,
+                        help="--gpu: comma-separated subset of teacher,student,dakd,deeplab "
+                             "(default: all; --quick: dakd)")
     args = parser.parse_args(argv)
     if args.gpu:
         return args
@@ -361,7 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.gpu:
         from bench.gpu import run
 
-        run(args.device or "cuda", args.quick, args.budget, args.out, args.sections, args.repeats, args.warmup)
+        run(args.device or "cuda", args.quick, args.budget, args.out, args.sections, args.repeats, args.warmup,
+            args.scripts)
         return 0
     if args.deploy:
         from bench.deploy import run

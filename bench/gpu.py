@@ -1,6 +1,6 @@
 """The GPU check: every training script's real step at the paper's sizes, its speed, memory and numerics, in one run.
 
-    python benchmark.py --gpu [--budget 300] [--out runs/gpu_check] [--sections steps,memory,...]
+    python benchmark.py --gpu [--budget 300] [--out runs/gpu_check] [--sections steps,memory,...] [--scripts ...]
     python benchmark.py --gpu --device cpu --quick      # the same code path on tiny sizes (the tests run it)
 
 Writes OUT/gpu_check.json and OUT/gpu_check.md (after every case, so a run stopped from outside keeps what it
@@ -18,6 +18,9 @@ steps stop when the next would not fit):
                  process of its own that is stopped when the budget runs out
 The machine's matrix-product roof is measured at the start and, when time is left, at the end; each step's
 achieved TFLOP/s is given as a fraction of the best of the two (bench/roof.py).
+--quick runs the same code on the DAKD script at a 16th of the sizes and batch 1 (fp32, bf16 with
+channels_last, the original code's way, fp16, memory at batch 2 in fp32), one repeat each, the student's
+determinism, and its compilation with torch.compile's `eager` backend (inductor takes minutes on a CPU).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import datetime
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -349,17 +353,22 @@ class Check:
 
 
 def run_process(cmd: list[str], timeout: float) -> tuple[str, str]:
-    """Run `cmd` from the repository root for at most `timeout` seconds: ("done" | "cut" | "failed", output tail)."""
+    """Run `cmd` from the repository root for at most `timeout` seconds: ("done" | "cut" | "failed", output tail).
+
+    The command gets a process group of its own, stopped whole at the timeout (compilation's worker processes
+    included), so that nothing it started keeps the machine busy for the cases after it.
+    """
     if timeout <= 0:
         return "cut", "no time left"
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     try:
-        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as err:
-        out = (err.stdout or b"") + (err.stderr or b"")
-        text = out.decode(errors="replace") if isinstance(out, bytes) else out
-        return "cut", f"stopped after {timeout:.0f} s (its share of the budget): " + text[-1000:]
-    tail = (done.stdout + done.stderr)[-4000:]
-    return ("done" if done.returncode == 0 else "failed"), tail
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        return "cut", f"stopped after {timeout:.0f} s (its share of the budget): " + (out or "")[-1000:]
+    return ("done" if proc.returncode == 0 else "failed"), (out or "")[-4000:]
 
 
 def junit_summary(path: Path) -> dict:
@@ -394,26 +403,28 @@ def machine_info(device: torch.device, settings: Settings, budget: Budget, secti
     return info
 
 
-def parse_sections(text: str | None) -> tuple[str, ...]:
-    """`--sections a,b` -> the known section names, in plan order; a one-line error for an unknown one."""
+def parse_subset(text: str | None, flag: str, choices: tuple[str, ...]) -> tuple[str, ...]:
+    """`--flag a,b` -> those of `choices`, in their order (all when not given); a one-line error for another."""
     if not text:
-        return SECTIONS
+        return choices
     names = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = [n for n in names if n not in SECTIONS]
-    if unknown or not names:
-        raise ConfigError(f"--sections: expected a comma-separated subset of {','.join(SECTIONS)}, got {text!r}")
-    return tuple(s for s in SECTIONS if s in names)
+    if not names or any(n not in choices for n in names):
+        raise ConfigError(f"{flag}: expected a comma-separated subset of {','.join(choices)}, got {text!r}")
+    return tuple(c for c in choices if c in names)
 
 
 def run(device_name: str = "cuda", quick: bool = False, budget_s: float | None = None,
         out: str | Path = "runs/gpu_check", sections: str | None = None, repeats: int | None = None,
-        warmup: int | None = None) -> dict:
+        warmup: int | None = None, scripts: str | None = None) -> dict:
     """`benchmark.py --gpu`: measure within the budget, write OUT/gpu_check.{json,md}, print the Markdown."""
     settings = QUICK if quick else GPU
     overrides = {k: v for k, v in (("repeats", repeats), ("warmup", warmup), ("budget_s", budget_s)) if v is not None}
+    if scripts:
+        keys = parse_subset(scripts, "--scripts", tuple(s.key for s in SCRIPTS))
+        overrides.update(scripts=keys, compile_scripts=keys[:1] if quick else keys)
     if overrides:
         settings = Settings(**{**settings.__dict__, **overrides})
-    chosen = parse_sections(sections)
+    chosen = parse_subset(sections, "--sections", SECTIONS)
     device = resolve_device(device_name)
     seed_everything(SEED, False, device)  # as the training scripts: cuDNN benchmarking on a GPU
     budget = Budget(settings.budget_s, settings.reserve_s)

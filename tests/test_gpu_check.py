@@ -172,6 +172,8 @@ def test_compile_flag_compiles_the_nets_the_engine_builds_in_place(monkeypatch, 
 def test_gpu_flags_fail_in_one_line(capsys):
     assert run_cli(benchmark.main, ["--gpu", "--device", "cpu", "--sections", "steps,bogus"]) == 2
     assert "--sections: expected a comma-separated subset of steps,memory" in capsys.readouterr().err
+    assert run_cli(benchmark.main, ["--gpu", "--device", "cpu", "--scripts", "student,nope"]) == 2
+    assert "--scripts: expected a comma-separated subset of teacher,student,dakd" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert run_cli(benchmark.main, ["--gpu"]) == 2
         assert "--device cuda: CUDA is not available on this machine" in capsys.readouterr().err
