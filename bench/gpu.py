@@ -45,9 +45,18 @@ from bench import memory
 from bench.evalspeed import EvalVariant, eval_throughput, make_val_frames, student
 from bench.gpu_report import format_markdown, summarize
 from bench.roof import measure_roof, step_number_type
-from bench.steps import SCRIPTS, Case, ScriptNets, build_nets, quick_setting, run_case, second_batch, synthetic_batches
+from bench.steps import (
+    SCRIPTS,
+    Case,
+    ScriptNets,
+    quick_setting,
+    run_case,
+    script_nets,
+    second_batch,
+    synthetic_batches,
+)
 from utils.errors import ConfigError
-from utils.predictions import write_text_atomic
+from utils.files import write_text_atomic
 from utils.runtime import resolve_device, seed_everything
 
 REPO = Path(__file__).resolve().parent.parent
@@ -155,7 +164,7 @@ class Check:
     def script_nets(self, key: str) -> ScriptNets | None:
         """The script's nets, built on first use (None when `model` does not know its architecture)."""
         if key not in self.nets:
-            nets, note = build_nets(self.setting(key), self.folder)
+            nets, note = script_nets(self.setting(key), self.folder)
             self.nets[key] = nets
             if nets is None:
                 self.skip_note[key] = note

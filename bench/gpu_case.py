@@ -25,7 +25,7 @@ import torch
 
 from bench.steps import SCRIPT, Case, ScriptNets, StepLoop, make_step, quick_setting, run_case, synthetic_batches
 from utils.cli import ArgumentParser, non_negative_int, positive_int, run_cli
-from utils.predictions import write_text_atomic
+from utils.files import write_text_atomic
 from utils.runtime import AMP_DTYPES, resolve_device, seed_everything
 
 SEED = 0

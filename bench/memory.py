@@ -52,7 +52,7 @@ def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
 def resident_tensors(modules: Iterable[torch.nn.Module | None],
                      optimizers: Iterable[torch.optim.Optimizer]) -> list[torch.Tensor]:
     """The tensors a step keeps between steps: parameters, buffers, optimiser states (not the gradients: a
-    step drops them first, `TrainStep.discard`, and makes them anew, under the counting mode)."""
+    step drops them first, `Optimisers.zero_grad`, and makes them anew, under the counting mode)."""
     out: list[torch.Tensor] = []
     for module in modules:
         if module is None:

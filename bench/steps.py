@@ -2,8 +2,8 @@
 objective and `TrainStep`) at the paper's sizes and batch, on synthetic frames, timed and measured.
 
 A case is one (script, way, precision, memory format, batch) combination. The nets of a script are built
-once, on the CPU, by the engine's `build_models` (random weights; the DAKD teacher read from a checkpoint,
-as the script reads it), and every case starts from those same weights, moved to the device.
+once, on the CPU, by the run's `build_nets` (random weights; the DAKD teacher read from a checkpoint, as
+the script reads it), and every case starts from those same weights, moved to the device.
 """
 from __future__ import annotations
 
@@ -22,11 +22,13 @@ from bench import memory
 from bench.oldway import OldWayStep, old_way_objective
 from model import build_seg_model, save_final
 from utils.config import TrainConfig
-from utils.engine import build_models, make_optimizers, phase_objective, plan_phases
 from utils.errors import ConfigError
-from utils.objective import knob_values
-from utils.runtime import compile_nets
-from utils.steps import TrainStep, step_status
+from utils.nets import build_nets
+from utils.objective import knobs_of
+from utils.optim import Optimisers
+from utils.run import plan_phases
+from utils.runtime import DistInfo, compile_nets, unwrap
+from utils.steps import RunningStatistics, TrainStep, step_status
 
 NUM_CLASSES = 19
 IGNORE = 255
@@ -131,7 +133,8 @@ def synthetic_batches(setting: ScriptSetting, batch: int, pin: bool, seed: int =
 
 
 class ScriptNets:
-    """A script's nets built once on the CPU by the engine; `place` puts the same starting weights on a device."""
+    """A script's nets built once on the CPU as a run builds them; `place` puts the same starting weights on a
+    device."""
 
     def __init__(self, setting: ScriptSetting, folder: Path):
         teacher_path = None
@@ -143,7 +146,7 @@ class ScriptNets:
         self.setting, self.teacher_path = setting, str(teacher_path) if teacher_path else None
         self.cfg = config(setting, teacher_path=self.teacher_path)
         torch.manual_seed(0)
-        self.net, self.discs, self.teacher = build_models(self.cfg, torch.device("cpu"))
+        self.net, self.discs, self.teacher = build_nets(self.cfg, torch.device("cpu"), DistInfo())
         self._initial = [copy.deepcopy(m.state_dict()) for m in self.modules]
 
     @property
@@ -152,7 +155,7 @@ class ScriptNets:
         return [self.net, *self.discs] + ([self.teacher] if self.teacher is not None else [])
 
     def place(self, device: torch.device, channels_last: bool) -> None:
-        """Every module on `device` with its starting weights, in the case's memory format (as build_models)."""
+        """Every module on `device` with its starting weights, in the case's memory format (as build_nets)."""
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         for module, state in zip(self.modules, self._initial):
             module.load_state_dict(state)
@@ -167,43 +170,55 @@ class ScriptNets:
             module.to("cpu")
 
 
-def make_step(nets: ScriptNets, case: Case, device: torch.device, cfg: TrainConfig | None = None) -> TrainStep:
-    """The engine's step for the script's first phase (ours), or the original code's way (`OldWayStep`)."""
-    cfg = cfg or nets.cfg
+def make_step(nets: ScriptNets, case: Case, device: torch.device,
+              cfg: TrainConfig | None = None) -> tuple[TrainStep, Optimisers]:
+    """The step of the script's first phase (ours, or the original code's way: `OldWayStep`) and the run's
+    optimisers for it (SGD, Adam, poly schedule, the fp16 loss scaler of the case's precision)."""
+    cfg = replace(cfg or nets.cfg, amp=case.amp, channels_last=case.channels_last)
     phase = plan_phases(cfg)[0]
-    opt, d_opts = make_optimizers(cfg, nets.net, nets.discs)
     if case.way == "ours":
-        cls, objective = TrainStep, phase_objective(cfg, phase)
+        cls, objective = TrainStep, phase.objective
     else:
-        cls, objective = OldWayStep, old_way_objective(phase.spec, knob_values(cfg))
-    return cls(nets.net, nets.discs, opt, d_opts, objective, device, amp=case.amp, teacher=nets.teacher,
-               channels_last=case.channels_last)
+        cls, objective = OldWayStep, old_way_objective(phase.spec, knobs_of(cfg))
+    optimisers = Optimisers(nets.net, nets.discs, cfg, device.type)
+    optimisers.start_phase(phase.num_steps, objective.adversarial_levels)
+    step = cls(nets.net, nets.discs, objective, device, amp=case.amp, teacher=nets.teacher,
+               channels_last=case.channels_last, scale=optimisers.scale)
+    return step, optimisers
 
 
 class StepLoop:
-    """One iteration of the training loop per call, as the engine runs it: the step, one host sync for the
-    finiteness check, then the optimisers (the old way: the optimisers, then every term read on the host,
-    as the original code logged them). Returns whether every loss was finite; waits for the device."""
+    """One iteration of the training loop per call, as the engine runs it: the learning rates of the step, the
+    batch-norm statistics kept, the gradients zeroed, the step, one host sync for the finiteness check, then
+    the optimisers (or the step dropped). The old way: the optimisers, then every term read on the host, as
+    the original code logged them. Returns whether every loss was finite; waits for the device."""
 
-    def __init__(self, step: TrainStep, sources: list[dict], targets: list[dict], device: torch.device,
-                 old_way: bool):
-        self.step, self.sources, self.device, self.old_way = step, sources, device, old_way
-        self.targets = targets if step.objective.uses_target else []
+    def __init__(self, made: tuple[TrainStep, Optimisers], sources: list[dict], targets: list[dict],
+                 device: torch.device, old_way: bool):
+        self.step, self.optimisers = made
+        self.sources, self.device, self.old_way = sources, device, old_way
+        self.targets = targets if self.step.objective.uses_target else []
+        self.statistics = RunningStatistics(unwrap(self.step.net))
         self.i = 0
 
     def __call__(self) -> bool:
         i = self.i % len(self.sources)
+        self.optimisers.schedule(self.i)
         self.i += 1
+        if not self.old_way:
+            self.statistics.keep()
+        self.optimisers.zero_grad()
         losses = self.step([self.sources[i]], [self.targets[i]] if self.targets else [])
         if self.old_way:
-            self.step.apply()
+            self.optimisers.step()
             finite = all(math.isfinite(float(v)) for v in losses.values())
         else:
             bad, _ = step_status(losses)
             if bad is None:
-                self.step.apply()
+                self.optimisers.step()
             else:
-                self.step.discard()
+                self.optimisers.zero_grad()
+                self.statistics.put_back()
             finite = bad is None
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -260,14 +275,14 @@ def run_case(nets: ScriptNets, case: Case, device: torch.device, warmup: int, re
     """Measure one case: step times, peak memory, finiteness. The nets go back to the CPU afterwards."""
     cfg = nets.cfg if case.batch is None else replace(nets.cfg, batch_size=case.batch)
     nets.place(device, case.channels_last)
-    step = loop = optimizers = None
+    made = loop = optimizers = None
     try:
         memory.reset(device)
-        if compile_backend:  # in place, as the engine does: a process compiles its nets once
+        if compile_backend:  # in place, as build_nets does: a process compiles its nets once
             compile_nets((nets.net, nets.teacher), backend=compile_backend)
-        step = make_step(nets, case, device, cfg)
-        optimizers = [step.optimizer, *step.d_optimizers]
-        loop = StepLoop(step, *batches, device, old_way=case.way != "ours")
+        made = make_step(nets, case, device, cfg)
+        optimizers = [made[1].net_opt, *made[1].disc_opts]
+        loop = StepLoop(made, *batches, device, old_way=case.way != "ours")
         resident = None if device.type == "cuda" else (lambda: memory.resident_tensors(nets.modules, optimizers))
         raw = timed_steps(loop, warmup, repeats, fits, flops, resident)
         if not raw["times"]:
@@ -276,12 +291,12 @@ def run_case(nets: ScriptNets, case: Case, device: torch.device, warmup: int, re
         return {"status": "measured", **raw, "step_s": median, "step_s_min": min(raw["times"]),
                 "images_per_s": cfg.batch_size / median}
     finally:
-        step = loop = optimizers = None  # the optimiser states go with them, before the memory is released
+        made = loop = optimizers = None  # the optimiser states go with them, before the memory is released
         nets.release()
         memory.reset(device)
 
 
-def build_nets(setting: ScriptSetting, folder: Path) -> tuple[ScriptNets | None, str]:
+def script_nets(setting: ScriptSetting, folder: Path) -> tuple[ScriptNets | None, str]:
     """The script's nets, or None and why not (an architecture `model` does not know yet)."""
     try:
         return ScriptNets(setting, folder), ""

@@ -34,33 +34,46 @@ def _cuda_args(root, out) -> list[str]:
     return args
 
 
-# backs test_rng_state_saves_this_process_gpu_only_and_restores_it_on_another_count and
-# test_resume_restores_rng_of_a_run_that_saw_more_gpus
-def test_rng_state_holds_this_gpus_generator_and_restores_it():
+# backs test_rng_state_saves_this_process_gpu_only_and_restores_it_on_another_count,
+# test_resume_restores_rng_of_a_run_that_saw_more_gpus and
+# test_each_rank_restores_the_saved_cuda_state_on_its_own_gpu_only
+def test_rng_state_holds_the_runs_gpu_generator_and_restores_it():
     from utils.runtime import rng_state, set_rng_state
 
     torch.zeros(1, device=CUDA)  # CUDA initialised, as in a training run
-    state = rng_state()
-    assert isinstance(state["cuda"], torch.Tensor) and torch.equal(state["cuda"], torch.cuda.get_rng_state())
+    state = rng_state(CUDA)
+    assert isinstance(state["cuda"], torch.Tensor) and torch.equal(state["cuda"], torch.cuda.get_rng_state(CUDA))
     first = torch.rand(4, device=CUDA)
-    set_rng_state(state)
+    set_rng_state(state, CUDA)
     assert torch.equal(torch.rand(4, device=CUDA), first)
-    # an older checkpoint: one state per GPU of a larger machine; the GPUs that exist here are restored
-    set_rng_state({**state, "cuda": [state["cuda"]] * (torch.cuda.device_count() + 3)})
+    # an older checkpoint: one state per GPU of a larger machine; this GPU gets its own entry
+    set_rng_state({**state, "cuda": [state["cuda"]] * (torch.cuda.device_count() + 3)}, CUDA)
     assert torch.equal(torch.rand(4, device=CUDA), first)
+
+
+# backs test_a_cpu_resume_of_a_cuda_checkpoint_touches_no_gpu
+def test_a_cpu_run_restoring_a_cuda_checkpoint_leaves_the_gpu_generator_alone():
+    from utils.runtime import rng_state, set_rng_state
+
+    torch.zeros(1, device=CUDA)
+    state = rng_state(CUDA)
+    torch.rand(8, device=CUDA)  # the GPU generator moves on
+    before = torch.cuda.get_rng_state(CUDA)
+    set_rng_state(state, torch.device("cpu"))
+    assert torch.equal(torch.cuda.get_rng_state(CUDA), before) and "cuda" not in rng_state(torch.device("cpu"))
 
 
 # backs test_data_loader_pins_memory_only_when_the_run_uses_cuda
 def test_training_batches_are_pinned_for_a_cuda_run_only(synthetic_root):
-    import utils.engine as engine
     from dataset import build_dataset
     from utils.config import TrainConfig
+    from utils.data import stream
     from utils.runtime import DistInfo
 
     dataset = build_dataset("gta5", synthetic_root / "gta5", "train", size=(64, 32))
     for device, pinned in (("cuda", True), ("cpu", False)):
-        stream = engine._stream(dataset, TrainConfig(device=device, batch_size=2, num_workers=0), DistInfo(), 0, 0)
-        assert next(stream)["image"].is_pinned() is pinned
+        batches = stream(dataset, TrainConfig(device=device, batch_size=2, num_workers=0), DistInfo(), 0, 0)
+        assert next(batches)["image"].is_pinned() is pinned
 
 
 # backs test_device_cuda_n_makes_gpu_n_current
@@ -95,6 +108,18 @@ def test_a_local_rank_beyond_the_visible_gpus_is_a_one_line_error(monkeypatch):
     _torchrun_env(monkeypatch, rank=n, local_rank=n, world_size=n + 1)
     with pytest.raises(ConfigError, match=rf"LOCAL_RANK {n} .*{n} CUDA devices"):
         init_distributed("cuda")
+
+
+# backs test_more_ranks_on_a_node_than_visible_gpus_is_a_one_line_error_on_every_rank
+def test_more_ranks_on_a_node_than_the_gpus_here_is_a_one_line_error(monkeypatch):
+    from utils.runtime import init_distributed
+
+    n = torch.cuda.device_count()
+    joined = _torchrun_env(monkeypatch, rank=0, local_rank=0, world_size=n + 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(n + 1))
+    with pytest.raises(ConfigError, match=rf"LOCAL_WORLD_SIZE {n + 1}: .*sees {n} CUDA device") as err:
+        init_distributed("cuda")
+    assert "\n" not in str(err.value) and not joined
 
 
 # NCCL itself, listed as "reviewed, not executed" until a GPU ran it: a one-rank group, a collective, a DDP step
@@ -169,13 +194,13 @@ def test_the_scripts_train_and_evaluate_on_the_gpu(synthetic_root, tmp_path, mon
     teacher_dir, student_dir, dakd_dir = tmp_path / "teacher", tmp_path / "student", tmp_path / "dakd"
     assert teacher_script.main([*_cuda_args(synthetic_root, teacher_dir), "--amp", "bf16", "--channels-last"]) == 0
     assert student_script.main([*_cuda_args(synthetic_root, student_dir), "--amp", "fp16"]) == 0
-    scalers, real_phase = [], engine._run_phase
+    scalers, real_phase = [], engine.train_phase
 
-    def run_phase(run):
-        scalers.append(run.step_fn.scaler)
+    def train_phase(run):
+        scalers.append(run.optimisers.scaler)
         real_phase(run)
 
-    monkeypatch.setattr(engine, "_run_phase", run_phase)
+    monkeypatch.setattr(engine, "train_phase", train_phase)
     args = [*_cuda_args(synthetic_root, dakd_dir), "--teacher", str(teacher_dir / "final.pth"),
             "--paradigm", "sequential", "--num-steps-target", "2", "--amp", "fp16"]
     assert distill_script.main(args) == 0

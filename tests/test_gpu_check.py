@@ -12,7 +12,8 @@ from bench.gpu import QUICK, Budget, Check, Item, run
 from bench.gpu_report import batch_fit
 from bench.steps import SCRIPTS, config
 from utils.cli import run_cli
-from utils.objective import knob_values
+from utils.config import parse_config
+from utils.objective import knobs_of
 
 
 @pytest.fixture(scope="module")
@@ -133,39 +134,44 @@ def test_batch_fit_is_a_line_through_two_peaks_plus_the_context():
 
 @pytest.mark.parametrize("setting", [s for s in SCRIPTS if s.key != "deeplab"], ids=lambda s: s.key)
 def test_scripts_table_holds_each_scripts_net_batch_sizes_and_objective(setting):
-    defaults = importlib.import_module(setting.script.removesuffix(".py")).DEFAULTS
+    script = importlib.import_module(setting.script.removesuffix(".py"))
+    distill = setting.teacher_arch is not None
+    defaults = parse_config(vars(script), ["--teacher", "teacher.pth"] if distill else [], prog=setting.script,
+                            description="", distill=distill)  # what the script runs with its constants
     cfg = config(setting, teacher_path="teacher.pth")
     assert (cfg.arch, cfg.aux_layer, cfg.batch_size) == (defaults.arch, defaults.aux_layer, defaults.batch_size)
     assert (cfg.input_size, cfg.input_size_target) == (defaults.input_size, defaults.input_size_target)
-    assert knob_values(cfg) == knob_values(defaults) and cfg.paradigm == defaults.paradigm
+    assert knobs_of(cfg) == knobs_of(defaults) and cfg.paradigm == defaults.paradigm
     assert (setting.teacher_arch is not None) == (setting.script == "train_gta2cs_ts_multi.py")
 
 
 def test_an_unknown_architecture_is_skipped_with_its_reason(tmp_path):
     from dataclasses import replace
 
-    from bench.steps import SCRIPT, build_nets
+    from bench.steps import SCRIPT, script_nets
 
-    nets, note = build_nets(replace(SCRIPT["student"], arch="no_such_net"), tmp_path)
+    nets, note = script_nets(replace(SCRIPT["student"], arch="no_such_net"), tmp_path)
     assert nets is None and "unknown architecture 'no_such_net'" in note
 
 
-def test_compile_flag_compiles_the_nets_the_engine_builds_in_place(monkeypatch, tmp_path):
+def test_compile_flag_compiles_the_nets_the_run_builds_in_place(monkeypatch, tmp_path):
     from model import build_seg_model, save_final
-    from utils.config import TrainConfig, parse_config
-    from utils.engine import build_models
+    from utils.config import TrainConfig
+    from utils.nets import build_nets
+    from utils.runtime import DistInfo
 
     compiled = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append((type(self).__name__, kw)))
     teacher = tmp_path / "teacher.pth"
     save_final(teacher, build_seg_model("drn_d_22"))
-    defaults = TrainConfig(pretrained="none", teacher=str(teacher), num_steps_target=1)
-    cfg = parse_config(defaults, ["--compile"], prog="t", description="", distill=True)
+    constants = {"PRETRAINED": "none", "TEACHER": str(teacher), "NUM_STEPS_TARGET": 1}
+    cfg = parse_config(constants, ["--compile"], prog="t", description="", distill=True)
     assert cfg.compile and not TrainConfig().compile
-    net, discs, frozen = build_models(cfg, torch.device("cpu"))
+    assert parse_config({**constants, "COMPILE": True}, [], prog="t", description="", distill=True).compile
+    build_nets(cfg, torch.device("cpu"), DistInfo())
     assert compiled == [("SegNet", {"backend": "inductor"})] * 2  # the net and the teacher, not the discriminators
     compiled.clear()
-    build_models(TrainConfig(pretrained="none"), torch.device("cpu"))
+    build_nets(TrainConfig(pretrained="none"), torch.device("cpu"), DistInfo())
     assert not compiled
 
 
