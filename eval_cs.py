@@ -3,6 +3,8 @@
 Default protocol (docs/method.md#evaluation): the image at the training size (1024x512), the main head's output
 upsampled bilinearly to the label's full size, arg-max, one 19x19 confusion matrix over the split.
 `--label-size input` is the original code's protocol (labels nearest-resized to the input size).
+Classes (`--protocol`): all 19, or for a net trained on SYNTHIA the field's 16 and 13 classes (docs/evaluation.md);
+by default read from the run's config.json beside the checkpoint.
 
     python eval_cs.py --restore-from runs/NAME/final.pth --data-dir data/cityscapes --json eval.json
 """
@@ -23,7 +25,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
 from dataset import build_dataset
-from dataset.labels import CLASSES, NUM_CLASSES
+from dataset.labels import CLASS_SETS, CLASSES, NUM_CLASSES
 from model import fold_batchnorm
 from utils.cli import (
     ArgumentParser,
@@ -35,7 +37,7 @@ from utils.cli import (
     size_arg,
 )
 from utils.errors import ConfigError
-from utils.evaluate import LABEL_SIZES, eval_collate, evaluate, load_net
+from utils.evaluate import LABEL_SIZES, PROTOCOLS, eval_collate, evaluate, load_net, protocol_of_source, protocol_scores
 from utils.files import write_text_atomic
 from utils.predictions import PredictionWriter, check_prediction_folder, clear_predictions
 from utils.runtime import AMP_DTYPES, resolve_device
@@ -53,6 +55,7 @@ AMP = "off"
 CHANNELS_LAST = False
 FOLD_BN = False
 SCALES = "1.0"
+PROTOCOL = "auto"  # classes scored: auto (from the run's training source), cityscapes19, synthia16, synthia13
 EVAL_DATASETS = ("cityscapes", "bdd")
 
 
@@ -81,6 +84,10 @@ def get_parser() -> ArgumentParser:
     p.add_argument("--input-size", type=size_arg, default=size_arg(INPUT_SIZE), help="W,H fed to the net")
     p.add_argument("--label-size", choices=LABEL_SIZES, default=LABEL_SIZE,
                    help="full: score at the label's resolution (docs/method.md#evaluation); input: the original code's")
+    p.add_argument("--protocol", choices=("auto", *PROTOCOLS), default=PROTOCOL,
+                   help="classes the means are over: cityscapes19; synthia16 / synthia13 (a net trained on SYNTHIA: "
+                        "both are reported, the named one first); auto: synthia16 when the checkpoint's run "
+                        "(config.json beside it) trained on SYNTHIA, cityscapes19 otherwise")
     p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE)
     p.add_argument("--num-workers", type=non_negative_int, default=NUM_WORKERS)
     p.add_argument("--device", default=DEVICE, help="auto, cpu, cuda or cuda:N")
@@ -110,17 +117,37 @@ def _finite(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def summarize(result: dict, args, dataset_size: int) -> dict:
-    """The JSON-ready summary of an `evaluate` result and the run's settings."""
-    iou = result["iou"].tolist()
-    acc = result["acc"].tolist()
+def resolve_protocol(protocol: str, restore_from: str) -> tuple[str, str]:
+    """(protocol, why) for `--protocol`: as asked, or with "auto" from the training source that the run's
+    config.json beside the checkpoint names (cityscapes19 when there is none)."""
+    if protocol != "auto":
+        return protocol, "--protocol"
+    config = Path(restore_from).parent / "config.json" if "://" not in restore_from else None
+    if config is None or not config.is_file():
+        return "cityscapes19", "no config.json beside the checkpoint; --protocol synthia16 for a SYNTHIA-trained net"
+    try:
+        source = json.loads(config.read_text()).get("config", {}).get("source")
+    except (OSError, ValueError, AttributeError):
+        return "cityscapes19", f"{config} is unreadable"
+    return protocol_of_source(source), f"the run trained on {source} ({config})"
+
+
+def summarize(result: dict, args, dataset_size: int, protocol: str = "cityscapes19") -> dict:
+    """The JSON-ready summary of an `evaluate` result and the run's settings, scored on `protocol`'s classes."""
+    sets = protocol_scores(result["confusion"], protocol)
+    main = result if protocol == "cityscapes19" else sets[protocol]  # the same figures for all 19 classes
+    iou = main["iou"].tolist()
+    acc = main["acc"].tolist()
     return {
-        "mIoU": _finite(result["mIoU"]),
-        "pixel_acc": _finite(result["pixel_acc"]),
-        "mean_acc": _finite(result["mean_acc"]),
+        "mIoU": _finite(main["mIoU"]),
+        "pixel_acc": _finite(main["pixel_acc"]),
+        "mean_acc": _finite(main["mean_acc"]),
         "per_class": {name: _finite(v) for name, v in zip(CLASSES, iou)},
         "per_class_acc": {name: _finite(v) for name, v in zip(CLASSES, acc)},
         "classes_counted": int(sum(math.isfinite(v) for v in iou)),
+        "class_sets": {name: {"classes": scores["classes"], "mIoU": _finite(scores["mIoU"]),
+                              "mean_acc": _finite(scores["mean_acc"]), "pixel_acc": _finite(scores["pixel_acc"])}
+                       for name, scores in sets.items()},
         "images_per_s": _finite(result["images_per_s"]),
         "seconds": round(result["seconds"], 3),
         "model_seconds": round(result["model_seconds"], 3),
@@ -131,11 +158,17 @@ def summarize(result: dict, args, dataset_size: int) -> dict:
         "dataset": args.dataset,
         "data_dir": str(args.data_dir),
         "split": args.split,
-        "protocol": {**result["protocol"], "input_size": list(args.input_size), "fold_bn": args.fold_bn},
+        "protocol": {**result["protocol"], "input_size": list(args.input_size), "fold_bn": args.fold_bn,
+                     "classes": protocol},
         "device": str(args.device),
         "confusion": result["confusion"].tolist(),
         "torch": torch.__version__,
     }
+
+
+def _set_label(name: str) -> str:
+    """'mIoU16' for synthia16; plain 'mIoU' for all 19 classes."""
+    return "mIoU" if name == "cityscapes19" else f"mIoU{name[len('synthia'):]}"
 
 
 def format_table(summary: dict) -> str:
@@ -143,11 +176,22 @@ def format_table(summary: dict) -> str:
     def pct(v):
         return "   n/a" if v is None else f"{100 * v:6.2f}"
 
+    protocol = summary.get("protocol", {}).get("classes", "cityscapes19")
+    scored = set(CLASS_SETS[protocol])
     lines = [f"{'class':<15} {'IoU':>6} {'acc':>6}", "-" * 29]
-    for name in CLASSES:
-        lines.append(f"{name:<15} {pct(summary['per_class'][name])} {pct(summary['per_class_acc'][name])}")
+    for train_id, name in enumerate(CLASSES):
+        row = f"{name:<15} {pct(summary['per_class'][name])} {pct(summary['per_class_acc'][name])}"
+        if train_id not in scored:
+            row += f"   not in {protocol} (its ground truth ignored)"
+        lines.append(row)
     lines.append("-" * 29)
-    lines.append(f"{'mIoU':<15} {pct(summary['mIoU'])}   ({summary['classes_counted']} classes counted)")
+    sets = summary.get("class_sets") or {}
+    if protocol == "cityscapes19" or not sets:
+        lines.append(f"{'mIoU':<15} {pct(summary['mIoU'])}   ({summary['classes_counted']} classes counted)")
+    else:
+        for name, scores in sets.items():
+            lines.append(f"{_set_label(name):<15} {pct(scores['mIoU'])}   ({name}, {len(scores['classes'])} classes: "
+                         f"{', '.join(scores['classes'])})")
     lines.append(f"{'pixel acc':<15} {pct(summary['pixel_acc'])}")
     lines.append(f"{'mean acc':<15} {pct(summary['mean_acc'])}")
     ips = summary["images_per_s"]
@@ -157,7 +201,8 @@ def format_table(summary: dict) -> str:
 
 
 def write_csv(summary: dict, path: str | Path) -> None:
-    """One row per class (IoU and accuracy in [0, 1], empty when undefined), then the mean row."""
+    """One row per class (IoU and accuracy in [0, 1], empty when undefined or not scored), then the mean row
+    (the protocol's main class set) and, for the SYNTHIA protocols, one `mean_<set>` row per class set."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["class", "iou", "acc"])
@@ -166,6 +211,10 @@ def write_csv(summary: dict, path: str | Path) -> None:
         writer.writerow([name, "" if iou is None else f"{iou:.6f}", "" if acc is None else f"{acc:.6f}"])
     writer.writerow(["mean", "" if summary["mIoU"] is None else f"{summary['mIoU']:.6f}",
                      "" if summary["mean_acc"] is None else f"{summary['mean_acc']:.6f}"])
+    if summary.get("protocol", {}).get("classes", "cityscapes19") != "cityscapes19":
+        for name, scores in summary["class_sets"].items():
+            writer.writerow([f"mean_{name}", "" if scores["mIoU"] is None else f"{scores['mIoU']:.6f}",
+                             "" if scores["mean_acc"] is None else f"{scores['mean_acc']:.6f}"])
     write_text_atomic(path, buf.getvalue())
 
 
@@ -207,6 +256,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.save_pred:
         check_prediction_folder(args.save_pred, "--save-pred", overwrite=args.overwrite_pred,
                                 own_files=[f for f in (args.json, args.csv) if f])
+    protocol, why = resolve_protocol(args.protocol, str(args.restore_from))
     device = resolve_device(args.device)
     args.device = device
     dataset = build_dataset(args.dataset, args.data_dir, args.split, list_path=args.data_list,
@@ -233,11 +283,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     result = evaluate(net, loader, device, num_classes=NUM_CLASSES, label_size=args.label_size, flip=args.flip,
                       scales=args.scales, amp=args.amp, channels_last=args.channels_last, on_batch=on_batch,
                       progress=not args.no_progress)
-    summary = summarize(result, args, len(dataset))
+    summary = summarize(result, args, len(dataset), protocol)
     summary["arch"] = getattr(net, "arch", args.arch)
+    summary["protocol"]["classes_from"] = why
     print(f"{summary['arch']} from {args.restore_from} on {args.dataset} {args.split} "
           f"({summary['num_images']} images, input {args.input_size[0]}x{args.input_size[1]}, "
           f"labels at {args.label_size} size, flip={args.flip}, scales={list(args.scales)})")
+    print(f"classes: {protocol} ({why})")
     print(format_table(summary))
     if writer:
         summary["predictions"] = str(writer.out_dir)

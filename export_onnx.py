@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Subset
 from torch.utils.flop_counter import FlopCounterMode
 
 from dataset import build_dataset
-from model import ARCHS, build_seg_model, count_parameters
+from model import SEG_ARCHS, build_seg_model, count_parameters
 from utils.cli import ArgumentParser, check_output, finite_float, one_line, positive_int, run_cli, size_arg
 from utils.errors import ConfigError
 from utils.evaluate import eval_collate, evaluate, load_net
@@ -96,7 +96,7 @@ def get_parser() -> ArgumentParser:
     """Flags of export_onnx.py, defaults from the constants above."""
     p = ArgumentParser(prog="export_onnx.py", description=__doc__.splitlines()[0])
     p.add_argument("--restore-from", default=None, help="checkpoint to export (omit with --arch: untrained net)")
-    p.add_argument("--arch", choices=ARCHS, default=None, help="architecture (foreign checkpoints / no checkpoint)")
+    p.add_argument("--arch", choices=SEG_ARCHS, default=None, help="architecture (foreign checkpoints / no checkpoint)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="UNSAFE: allow unpickling a trusted legacy checkpoint (runs code from the file)")
     p.add_argument("--out", required=True, help="ONNX file to write")
@@ -115,7 +115,7 @@ def get_parser() -> ArgumentParser:
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--compare", default=None, help="second checkpoint for the card (e.g. the teacher)")
-    p.add_argument("--compare-arch", choices=ARCHS, default=None, help="second (untrained) net for the card")
+    p.add_argument("--compare-arch", choices=SEG_ARCHS, default=None, help="second (untrained) net for the card")
     p.add_argument("--int8", action="store_true", help="also write NAME.int8.onnx beside --out: static int8 "
                                                        "quantisation calibrated on --calib-data")
     p.add_argument("--calib-data", default=None, metavar="DIR", help="folder of images (recursive) for the int8 "

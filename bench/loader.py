@@ -17,14 +17,14 @@ from torch.utils.data import DataLoader
 
 from bench.oldway import id_table, old_remap
 from dataset import build_dataset
-from dataset.decode import read_label
+from dataset.decode import LABEL_READERS
 from dataset.layouts import LAYOUTS
 from dataset.lut import undefined_ids
 from dataset.transforms import resize_label
 from utils.cli import ArgumentParser, non_negative_int, positive_int, run_cli, size_arg
 from utils.errors import DatasetError
 
-SPLITS = {"gta5": "train", "cityscapes": "train", "bdd": "train"}
+SPLITS = {"gta5": "train", "cityscapes": "train", "bdd": "train", "synthia": "train"}
 
 
 def loader_throughput(dataset, num: int, workers: int, batch_size: int = 1) -> float:
@@ -48,7 +48,7 @@ def label_work_seconds(dataset, num: int, work: Callable[[torch.Tensor, torch.Te
     label resized to `size` (W, H) for an item (untimed), or `raw` itself without `size`."""
     total = 0.0
     for i in range(min(num, len(dataset))):
-        raw = read_label(dataset.label_path(i))
+        raw = LABEL_READERS[dataset.layout.label_reader](dataset.label_path(i))
         resized = raw if size is None else resize_label(raw, (size[1], size[0])).contiguous()
         start = time.perf_counter()
         work(raw, resized)

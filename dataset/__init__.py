@@ -1,4 +1,4 @@
-"""Datasets: GTA5, Cityscapes and BDD100K loaders, sampling, list building, synthetic benchmark."""
+"""Datasets: GTA5, Cityscapes, BDD100K and SYNTHIA loaders, sampling, list building, synthetic benchmark."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,10 +25,10 @@ def build_dataset(name: str, root: str | Path, split: str, *, list_path: str | P
                   size: tuple[int, int] = (1024, 512), labels: bool = True, label_size: str = "input",
                   random_mirror: bool = False, random_scale: bool = False,
                   max_iters: int | None = None, exclude: str | Path | None = None) -> SegmentationDataset:
-    """A dataset of `name` ("gta5", "cityscapes", "bdd") from `root`/`split`, resized to `size` (w, h).
+    """A dataset of `name` ("gta5", "cityscapes", "bdd", "synthia") from `root`/`split`, resized to `size` (w, h).
 
-    BDD100K's layout (today's `bdd100k/` or the 2018 `seg/`) is recognised under `root`
-    (`dataset.layouts.resolve_layout`). Without `list_path` the split's image folder is scanned;
+    BDD100K's layout (today's `bdd100k/` or the 2018 `seg/`) and SYNTHIA's `RAND_CITYSCAPES/` are
+    recognised under `root` (`dataset.layouts.resolve_layout`). Without `list_path` the split's image folder is scanned;
     frames named in the `exclude` file are left out. The train preset (scale jitter, mirror)
     is used when either random option is on, the eval preset otherwise; both share `NORMALIZE`.
     `label_size="full"` keeps labels at the file's resolution (evaluation protocol).

@@ -1,4 +1,4 @@
-"""A list-based segmentation dataset over one of the layouts (GTA5, Cityscapes, BDD100K)."""
+"""A list-based segmentation dataset over one of the layouts (GTA5, Cityscapes, BDD100K, SYNTHIA)."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from dataset.decode import read_image, read_label
+from dataset.decode import LABEL_READERS, read_image
 from dataset.labels import IGNORE_LABEL
 from dataset.layouts import Layout
 from dataset.lut import LabelLUT, undefined_ids
@@ -215,7 +215,7 @@ class SegmentationDataset(Dataset):
         if not self.labels:
             return image, None
         label_path = self.label_path(index)
-        raw = read_label(label_path)
+        raw = LABEL_READERS[self.layout.label_reader](label_path)
         image_wh, label_wh = (image.shape[-1], image.shape[-2]), (raw.shape[-1], raw.shape[-2])
         if image_wh != label_wh and size_gap(image_wh, label_wh) > self.layout.size_tolerance:
             raise DatasetError(f"image {image_path} is {image.shape[-1]}x{image.shape[-2]} but its label "

@@ -1,4 +1,4 @@
-"""Dataset doctor: what a GTA5, Cityscapes or BDD100K folder holds and what the loaders will do with it.
+"""Dataset doctor: what a GTA5, Cityscapes, BDD100K or SYNTHIA folder holds and what the loaders will do with it.
 
     python -m dataset.check --dataset gta5 --root data/gta5 [--full]
 
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dataset.decode import read_image, read_label
+from dataset.decode import LABEL_READERS, read_image
 from dataset.layouts import LAYOUTS, Layout, resolve_layout
 from dataset.lut import undefined_ids
 from dataset.quirks import HEADER_THREADS, describe_gap, header_size, parallel_map, size_gap
@@ -73,7 +73,7 @@ def _inspect(pair: Pair, root: Path, layout: Layout, full: bool) -> Pair:
             continue
         try:
             if full:
-                data = read_image(root / rel) if what == "image" else read_label(root / rel)
+                data = read_image(root / rel) if what == "image" else LABEL_READERS[layout.label_reader](root / rel)
                 size = (int(data.shape[-1]), int(data.shape[-2]))
                 if what == "image":
                     pair.blank = bool(data.min() == data.max())

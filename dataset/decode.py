@@ -85,6 +85,33 @@ def read_label(path: str | Path) -> torch.Tensor:
     return label[0]
 
 
+def read_synthia_label(path: str | Path) -> torch.Tensor:
+    """SYNTHIA's class ids as a uint8 (H, W) tensor: the first channel of a 16-bit GT/LABELS PNG.
+
+    SYNTHIA stores the class id in the first channel and an instance id in the second, as 16-bit samples
+    (Pillow would read 8 bits and lose them; torchvision's libpng decoder keeps uint16). An 8-bit
+    single-channel PNG of the same ids (as some converted copies hold) is read as it is.
+    """
+    path = Path(path)
+    data = _read(path, "label")
+    label = _decode(path, data, ImageReadMode.UNCHANGED, "label")
+    if label.dtype == torch.uint8 and label.shape[0] == 1:
+        return label[0]
+    if label.dtype != torch.uint16:
+        raise DatasetError(f"label {path} must be a SYNTHIA GT/LABELS PNG (16-bit, class id in the first channel), "
+                           f"got {label.shape[0]} channel(s) of {label.dtype} (a GT/COLOR file?)")
+    ids = label[0].to(torch.int32)  # uint16 has few kernels; ids fit int32
+    top = int(ids.max()) if ids.numel() else 0
+    if top > 255:
+        raise DatasetError(f"label {path} holds class id {top} in its first channel; SYNTHIA's ids are 0..22 "
+                           "(another kind of 16-bit PNG?)")
+    return ids.to(torch.uint8)
+
+
+LABEL_READERS = {"ids": read_label, "synthia": read_synthia_label}
+"""How a layout's label files are read (`dataset.layouts.Layout.label_reader`)."""
+
+
 def _palette_indices(path: Path) -> torch.Tensor:
     from PIL import Image
 

@@ -55,3 +55,28 @@ def colorize(train_ids: np.ndarray) -> np.ndarray:
     ids = ids.astype(np.int64)
     ids = np.where((ids >= 0) & (ids < 256), ids, IGNORE_LABEL)
     return _COLOR_TABLE[ids]
+
+
+# --- SYNTHIA-RAND-CITYSCAPES ---------------------------------------------------------------------------------
+#: SYNTHIA's class ids (first channel of its 16-bit GT/LABELS PNGs), from the dataset's README.
+SYNTHIA_CLASSES: tuple[str, ...] = (
+    "void", "sky", "building", "road", "sidewalk", "fence", "vegetation", "pole", "car", "traffic sign",
+    "pedestrian", "bicycle", "motorcycle", "parking-slot", "road-work", "traffic light", "terrain", "rider",
+    "truck", "bus", "train", "wall", "lanemarking",
+)
+SYNTHIA_MAX_ID = len(SYNTHIA_CLASSES) - 1
+
+#: SYNTHIA id -> Cityscapes train id for the 16 classes the two share, as the field maps them; SYNTHIA's
+#: terrain, truck and train (and void, parking-slot, road-work, lanemarking) are ignored, as there.
+SYNTHIA_TO_TRAIN_ID: dict[int, int] = {
+    3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 1: 10, 10: 11, 17: 12, 8: 13, 19: 15, 12: 17, 11: 18,
+}
+SYNTHIA_LUT: np.ndarray = _build_lut(SYNTHIA_TO_TRAIN_ID)
+
+#: Class sets a mean IoU is taken over: all 19; SYNTHIA's 16 (no terrain, truck, train); the 13 of the
+#: field's second SYNTHIA protocol (the 16 less wall, fence and pole). Train ids, in order.
+CLASS_SETS: dict[str, tuple[int, ...]] = {
+    "cityscapes19": tuple(range(NUM_CLASSES)),
+    "synthia16": tuple(sorted(SYNTHIA_TO_TRAIN_ID.values())),
+    "synthia13": tuple(t for t in sorted(SYNTHIA_TO_TRAIN_ID.values()) if CLASSES[t] not in ("wall", "fence", "pole")),
+}

@@ -1,10 +1,11 @@
-"""On-disk layouts of GTA5, Cityscapes and BDD100K: where images are, how a label path follows.
+"""On-disk layouts of GTA5, Cityscapes, BDD100K and SYNTHIA: where images are, how a label path follows.
 
 Paths are relative to the dataset root, with '/' separators, e.g. for Cityscapes
 `leftImg8bit/val/frankfurt/frankfurt_000000_000294_leftImg8bit.png` ->
 `gtFine/val/frankfurt/frankfurt_000000_000294_gtFine_labelIds.png`.
 BDD100K comes in two layouts (today's download and the 2018 `seg/` folder); `resolve_layout` tells
-them apart from the folders under the root a user gives.
+them apart from the folders under the root a user gives. SYNTHIA-RAND-CITYSCAPES is read as downloaded
+(`RAND_CITYSCAPES/RGB`, `RAND_CITYSCAPES/GT/LABELS` with 16-bit labels).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset.labels import BDD_LUT, CITYSCAPES_LUT
+from dataset.labels import BDD_LUT, CITYSCAPES_LUT, SYNTHIA_LUT, SYNTHIA_MAX_ID
 from utils.errors import DatasetError
 
 #: How far an image and its label may differ in size, per side, as a fraction of the image's side,
@@ -40,6 +41,7 @@ class Layout:
     size_tolerance: float = 0.0  # see SIZE_TOLERANCE; 0: image and label must have the same size
     skip_unlabelled: bool = False  # a scan (no list) leaves out images without a label, with a warning
     variant: str = ""  # which of a dataset's layouts this is (BDD100K: "10k" or "2018")
+    label_reader: str = "ids"  # how label files are decoded: a key of dataset.decode.LABEL_READERS
 
     def split_dir(self, split: str) -> str:
         """Relative image folder of a split."""
@@ -103,7 +105,15 @@ BDD_10K = Layout(  # today's semantic-segmentation download, bdd100k/
     max_id=18, variant="10k",
 )
 
-LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (GTA5, CITYSCAPES, BDD)}
+SYNTHIA = Layout(  # SYNTHIA-RAND-CITYSCAPES: one folder of frames, no official split (papers train on all)
+    name="synthia", image_dir="RGB", image_suffix=".png", label_dir="GT/LABELS", label_suffix=".png",
+    lut=SYNTHIA_LUT, recursive=False, has_splits=False,
+    description="ROOT/RGB/NNNNNNN.png and ROOT/GT/LABELS/NNNNNNN.png, 16-bit PNGs with SYNTHIA's class id in "
+                "the first channel (ROOT: the download's RAND_CITYSCAPES/ folder)",
+    max_id=SYNTHIA_MAX_ID, label_reader="synthia",
+)
+
+LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (GTA5, CITYSCAPES, BDD, SYNTHIA)}
 BDD_LAYOUTS: tuple[Layout, ...] = (BDD_10K, BDD)
 
 # Where a BDD100K layout's root may sit below the folder a user gives (first match wins).
@@ -117,11 +127,14 @@ def resolve_layout(name: str, root: str | Path) -> tuple[Layout, Path]:
     """The layout of dataset `name` found under `root`, and the folder its relative paths start from.
 
     GTA5 and Cityscapes have one layout, rooted at `root`. For BDD100K `root` may be the folder that
-    holds today's `bdd100k/` or the 2018 `seg/`, or either of those folders itself.
+    holds today's `bdd100k/` or the 2018 `seg/`, or either of those folders itself; for SYNTHIA the
+    download's `RAND_CITYSCAPES/` or the folder holding it.
     """
     if name not in LAYOUTS:
         raise DatasetError(f"unknown dataset {name!r}; expected one of {', '.join(LAYOUTS)}")
     root = Path(root)
+    if name == "synthia" and not (root / SYNTHIA.image_dir).is_dir() and (root / "RAND_CITYSCAPES").is_dir():
+        return SYNTHIA, root / "RAND_CITYSCAPES"  # the folder that holds the download's top folder
     if name != "bdd" or not root.is_dir():
         return LAYOUTS[name], root  # a missing root is reported by the caller, naming the expected layout
     for layout, sub in _BDD_ROOTS:

@@ -1,11 +1,11 @@
-"""Synthetic driving-scene benchmark in the real GTA5, Cityscapes and BDD100K layouts.
+"""Synthetic driving-scene benchmark in the real GTA5, Cityscapes, BDD100K and SYNTHIA layouts.
 
     python -m dataset.synthetic --out DIR [--num-train 200] [--num-val 50] [--size 128,64] [--seed 0]
-                                [--quirks] [--bdd-layout 2018|10k]
+                                [--quirks] [--bdd-layout 2018|10k] [--domains gta5 cityscapes bdd synthia]
 
-writes DIR/gta5 (source: train frames only, like the real GTA5), DIR/cityscapes and DIR/bdd (targets:
-train and val). The three domains share the scene model (road below, sky above, object shapes) but
-differ systematically in look and camera:
+writes DIR/gta5 and DIR/synthia (sources: train frames only, like the real ones), DIR/cityscapes and
+DIR/bdd (targets: train and val). The domains share the scene model (road below, sky above, object
+shapes) but differ systematically in look and camera:
 - gta5, "rendered game": saturated flat colours, strong contrast, sharp edges, almost no texture,
   no sensor noise; horizon at 45 % of the height; many vehicles. 1914:1052 frames (W x round(W*0.55)).
 - cityscapes: desaturated, greenish-grey, flatter contrast, fixed per-class hue/brightness shifts,
@@ -13,6 +13,11 @@ differ systematically in look and camera:
   more persons, riders and trees, fewer trucks. 2:1 frames at --size.
 - bdd: darker and warmer (dusk dashcam), another per-class shift table, gamma, vignetting, JPEG
   artefacts; lower horizon (50 %), a large ego hood (ignored); many cars. 16:9 frames.
+- synthia, "rendered city" (SYNTHIA-RAND-CITYSCAPES): clean rendering, bluish and brighter, a milder
+  per-class shift table; a raised camera (horizon at 35 %), many pedestrians. 1280:760 frames named
+  RGB/NNNNNNN.png with GT/LABELS/NNNNNNN.png written as the real ones: 16-bit RGB PNGs, SYNTHIA's class
+  id in the first channel, an instance id in the second (terrain, truck and train get SYNTHIA's ids,
+  which the loader ignores as the field does).
 Same seed -> identical files. `--quirks` turns a few GTA5 frames into the real download's quirks
 (`dataset.synth_quirks`); `--bdd-layout 10k` writes BDD in today's layout, DIR/bdd/bdd100k/images/10k/
 and DIR/bdd/bdd100k/labels/sem_seg/masks/ (default 2018: DIR/bdd holds the seg/ folder's images/ and
@@ -21,8 +26,10 @@ labels/), with the same frames either way.
 from __future__ import annotations
 
 import io
+import struct
 import sys
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +38,14 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from dataset.labels import IGNORE_LABEL, NUM_CLASSES, PALETTE, TRAIN_ID_TO_LABEL_ID
+from dataset.labels import (
+    IGNORE_LABEL,
+    NUM_CLASSES,
+    PALETTE,
+    SYNTHIA_CLASSES,
+    SYNTHIA_TO_TRAIN_ID,
+    TRAIN_ID_TO_LABEL_ID,
+)
 from dataset.layouts import BDD, BDD_10K
 from dataset.synth_canvas import EGO
 from dataset.synth_quirks import MIN_FRAMES, add_gta5_quirks
@@ -44,7 +58,8 @@ DEFAULT_NUM_TRAIN = 200
 DEFAULT_NUM_VAL = 50
 DEFAULT_SIZE = (128, 64)  # Cityscapes-like 2:1; GTA5 and BDD keep their own aspect ratios
 DEFAULT_SEED = 0
-DOMAINS = ("gta5", "cityscapes", "bdd")
+DOMAINS = ("gta5", "cityscapes", "bdd", "synthia")  # appended in this order: a domain's index seeds its frames
+SOURCE_ONLY = ("gta5", "synthia")  # no official split: train frames only
 TRAIN_CITIES = ("aachen", "bochum", "bremen", "cologne", "darmstadt")
 VAL_CITIES = ("frankfurt", "lindau", "munster")
 EGO_LABEL_ID = 1  # Cityscapes "ego vehicle"
@@ -81,6 +96,9 @@ STYLES = {
     "bdd": Style(aspect=9 / 16, texture=1.0, saturation=0.8, contrast=0.95, brightness=0.8,
                  tint=(1.1, 0.96, 0.8), gamma=1.15, blur=0.5, noise=0.025, hue_shift=20.0,
                  gain_shift=0.2, table_seed=2002, vignette=0.35, jpeg=70),
+    "synthia": Style(aspect=760 / 1280, texture=0.5, saturation=1.1, contrast=1.05, brightness=1.08,
+                     tint=(0.95, 1.0, 1.08), gamma=1.0, blur=0.0, noise=0.0, hue_shift=10.0, gain_shift=0.1,
+                     table_seed=3003),
 }
 
 SCENES = {
@@ -93,7 +111,19 @@ SCENES = {
     "bdd": SceneParams(horizon=0.5, vegetation=0.3, verge=0.3, hood=0.14,
                        rates={"car": 4.0, "truck": 0.6, "bus": 0.3, "person": 0.8, "rider": 0.3,
                               "_poles": 1.5}),
+    "synthia": SceneParams(horizon=0.35, vegetation=0.35, verge=0.3,
+                           rates={"car": 3.0, "truck": 0.4, "bus": 0.5, "person": 4.0, "rider": 1.0,
+                                  "_poles": 2.0}),
 }
+
+# Internal train id -> SYNTHIA class id: the inverse of the field's mapping, plus SYNTHIA's own ids for the
+# three classes it has but the mapping ignores; ego and unlabelled pixels are void (0).
+_SYNTHIA_IDS = np.zeros(256, dtype=np.uint16)
+for _synthia_id, _train_id in SYNTHIA_TO_TRAIN_ID.items():
+    _SYNTHIA_IDS[_train_id] = _synthia_id
+for _train_id, _name in ((9, "terrain"), (14, "truck"), (16, "train")):
+    _SYNTHIA_IDS[_train_id] = SYNTHIA_CLASSES.index(_name)
+_THINGS = (11, 12, 13, 14, 15, 16, 17, 18)  # person ... bicycle: the classes with instance ids
 
 
 def class_matrices(style: Style) -> np.ndarray:
@@ -142,6 +172,32 @@ def bdd_train_ids(train_ids: np.ndarray) -> np.ndarray:
     return np.where(train_ids < NUM_CLASSES, train_ids, IGNORE_LABEL).astype(np.uint8)
 
 
+def synthia_label(train_ids: np.ndarray) -> np.ndarray:
+    """Internal train ids (+ ego) -> SYNTHIA's (H, W, 3) uint16 label: class id, instance id, 0."""
+    ids = _SYNTHIA_IDS[train_ids]
+    instances = np.zeros_like(ids)
+    for cls in _THINGS:
+        blobs, count = ndimage.label(train_ids == cls)
+        instances = np.where(blobs > 0, blobs + instances.max() * (count > 0), instances).astype(np.uint16)
+    return np.stack([ids, instances, np.zeros_like(ids)], axis=-1)
+
+
+def png16_bytes(array: np.ndarray) -> bytes:
+    """A 16-bit RGB PNG of a (H, W, 3) uint16 array (Pillow and torchvision write 8-bit only)."""
+    h, w, channels = array.shape
+    if channels != 3 or array.dtype != np.uint16:
+        raise ValueError(f"png16_bytes writes (H, W, 3) uint16 arrays, got {array.shape} {array.dtype}")
+    rows = np.zeros((h, 1 + w * 6), np.uint8)  # each row: filter type 0, then big-endian samples
+    rows[:, 1:] = array.astype(">u2").reshape(h, -1).view(np.uint8)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)  # 16 bits, RGB, deflate, no filter, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
+            + chunk(b"IEND", b""))
+
+
 def _save_png(array: np.ndarray, path: Path, palette: bool = False) -> None:
     image = Image.fromarray(array)
     if palette:  # real GTA5 labels are palette PNGs whose indices are the label ids
@@ -161,7 +217,7 @@ def _save_jpeg(array: np.ndarray, path: Path, quality: int) -> None:
 
 
 def frame_size(domain: str, size: tuple[int, int]) -> tuple[int, int]:
-    """(w, h) of a domain's frames: Cityscapes uses `size`, GTA5 and BDD their own aspect ratio."""
+    """(w, h) of a domain's frames: Cityscapes uses `size`, the others their own aspect ratio."""
     w, h = size
     if domain == "cityscapes":
         return w, h
@@ -198,6 +254,10 @@ def write_domain(out: Path, domain: str, split: str, count: int, size: tuple[int
         if domain == "gta5":
             _save_png(image, out / "images" / f"{i + 1:05d}.png")
             _save_png(label_ids(labels), out / "labels" / f"{i + 1:05d}.png", palette=True)
+        elif domain == "synthia":
+            _save_png(image, out / "RGB" / f"{i:07d}.png")
+            (out / "GT" / "LABELS").mkdir(parents=True, exist_ok=True)
+            (out / "GT" / "LABELS" / f"{i:07d}.png").write_bytes(png16_bytes(synthia_label(labels)))
         elif domain == "cityscapes":
             city = cities[i % len(cities)]
             stem = f"{city}_{i // len(cities):06d}_{19 + 10 * (i % 7):06d}"
@@ -214,10 +274,10 @@ def generate(out: str | Path, num_train: int = DEFAULT_NUM_TRAIN, num_val: int =
              size: tuple[int, int] = DEFAULT_SIZE, seed: int = DEFAULT_SEED,
              domains: Sequence[str] = DOMAINS, *, quirks: bool = False,
              bdd_layout: str = "2018") -> dict[str, int]:
-    """Write the benchmark under `out`/{gta5,cityscapes,bdd}; returns frames written per domain.
+    """Write the benchmark under `out`/{gta5,cityscapes,bdd,synthia}; returns frames written per domain.
 
-    GTA5 gets `num_train` frames (it has no official split); Cityscapes and BDD get `num_train`
-    train and `num_val` val frames. `quirks`: GTA5 gets the download's quirks (`dataset.synth_quirks`);
+    GTA5 and SYNTHIA get `num_train` frames (they have no official split); Cityscapes and BDD get
+    `num_train` train and `num_val` val frames. `quirks`: GTA5 gets the download's quirks (`dataset.synth_quirks`);
     `bdd_layout`: "2018" or "10k" (today's download).
     """
     if quirks and "gta5" in domains and num_train < MIN_FRAMES:
@@ -227,7 +287,7 @@ def generate(out: str | Path, num_train: int = DEFAULT_NUM_TRAIN, num_val: int =
     out = Path(out)
     written = {}
     for domain in domains:
-        splits = (("train", num_train),) if domain == "gta5" else (("train", num_train), ("val", num_val))
+        splits = (("train", num_train),) if domain in SOURCE_ONLY else (("train", num_train), ("val", num_val))
         for split, count in splits:
             write_domain(out / domain, domain, split, count, size, seed, bdd_layout)
         if quirks and domain == "gta5":
@@ -239,17 +299,17 @@ def generate(out: str | Path, num_train: int = DEFAULT_NUM_TRAIN, num_val: int =
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: generate the benchmark and print what was written."""
     parser = ArgumentParser(prog="python -m dataset.synthetic", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="output folder (gets gta5/, cityscapes/, bdd/)")
+    parser.add_argument("--out", required=True, help="output folder (gets gta5/, cityscapes/, bdd/, synthia/)")
     parser.add_argument("--num-train", type=positive_int, default=DEFAULT_NUM_TRAIN,
                         help="training frames per domain (default %(default)s)")
     parser.add_argument("--num-val", type=non_negative_int, default=DEFAULT_NUM_VAL,
                         help="validation frames for cityscapes and bdd (default %(default)s)")
     parser.add_argument("--size", type=size_arg, default=DEFAULT_SIZE,
-                        help="Cityscapes frame size W,H; GTA5 and BDD use W with their own aspect "
+                        help="Cityscapes frame size W,H; GTA5, BDD and SYNTHIA use W with their own aspect "
                              "(default %(default)s)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed (default %(default)s)")
     parser.add_argument("--domains", nargs="+", choices=DOMAINS, default=list(DOMAINS),
-                        help="domains to write (default: all three)")
+                        help="domains to write (default: all four)")
     parser.add_argument("--quirks", action="store_true",
                         help="give GTA5 the real download's quirks: labels a few pixels off, a label of another "
                              "aspect ratio, a blank image, an image without label, a label without image")

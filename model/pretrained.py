@@ -1,7 +1,9 @@
-"""Where the DRN ImageNet weights come from, and getting one verified copy into the cache.
+"""Where the published initialisations come from, and getting one verified copy into the cache.
 
-Each architecture has a chain of sources, tried in order until one gives a file whose checksum is
-right (docs/weights.md says where every address and checksum comes from):
+Each architecture has, per initialisation (``INITS``), a chain of sources tried in order until one
+gives a file that passes its check (docs/weights.md says where every address and checksum comes from).
+
+DRN ImageNet weights ("imagenet"):
 
 1. the DRN authors' file (``model.drn.MODEL_URLS``), checked against the SHA-256 prefix in its name;
 2. the web archive's copy of that same file, at its current address and at the authors' older one;
@@ -9,8 +11,16 @@ right (docs/weights.md says where every address and checksum comes from):
    that ``.pth`` and converted to our names on load. These are imgclsmob's own ImageNet training,
    not the authors' weights: the chain prefers the authors'.
 
+DeepLab-v2 ResNet-101 (both DeepLab architectures share the backbone):
+
+- "imagenet": ADVENT's ``DeepLab_resnet_pretrained_imagenet.pth`` (GitHub release), then the web
+  archive's copy. No checksum is published for it, so the file is checked by its content: a state dict
+  holding every tensor of the DeepLab-v2 ResNet-101 backbone with the right shape.
+- "coco": AdaptSegNet's ``DeepLab_resnet_pretrained_init-f81d91e8.pth`` (DeepLab-v2's initialisation,
+  ImageNet then MS-COCO), checked against the SHA-256 prefix in its name, then the web archive's copy.
+
 A verified file is written atomically into torch hub's checkpoint folder and found there next time
-without the network; a file that fails its checksum is never used.
+without the network; a file that fails its check is never used.
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ from typing import BinaryIO
 import torch
 from tqdm import tqdm
 
-from model import imgclsmob
+from model import deeplab, imgclsmob
 from model.drn import ARCHS, MODEL_URLS
 from utils.checkpoint import fsync_folder
 from utils.errors import CheckpointError
@@ -41,6 +51,15 @@ ARCHIVE = "https://web.archive.org/web/2019id_/"
 AUTHORS_OLD_ROOT = "https://tigress-web.princeton.edu/~fy/drn/models/"
 """The authors' address before July 2019 (fyu/drn commit 5563327 moved it to dl.yf.io)."""
 IMGCLSMOB_RELEASES = "https://github.com/osmr/imgclsmob/releases/download/"
+INITS = ("imagenet", "coco")
+"""Names of published initialisations (``--pretrained NAME``); anything else is a path or URL."""
+INIT_NAMES = {"imagenet": "ImageNet", "coco": "ImageNet + MS-COCO"}
+
+# DeepLab-v2 ResNet-101 initialisations (docs/weights.md#deeplab-v2-resnet-101):
+# ADVENT's README points at its releases; third-party READMEs give the file's address in release v0.1.
+ADVENT_IMAGENET = "https://github.com/valeoai/ADVENT/releases/download/v0.1/DeepLab_resnet_pretrained_imagenet.pth"
+# AdaptSegNet's training script, RESTORE_FROM; the hex after the last '-' starts the file's SHA-256.
+ADAPTSEGNET_COCO = "http://vllab.ucmerced.edu/ytsai/CVPR18/DeepLab_resnet_pretrained_init-f81d91e8.pth"
 
 # From pytorchcv 0.0.74, pytorchcv/models/common/model_metainfos.csv: model, top-5 error in the
 # file name, SHA-1 of the .pth, release tag.
@@ -67,18 +86,31 @@ class Source:
     label: str  # who publishes it, for messages
     url: str
     file_name: str  # the verified file's name in the cache
-    algorithm: str  # "sha256" or "sha1"
-    digest: str  # the expected hex digest, or its prefix (the authors' names carry 8 hex digits)
+    algorithm: str  # "sha256" or "sha1", or "content" where no checksum is published (see `content_problem`)
+    digest: str  # the expected hex digest, or its prefix (the authors' names carry 8 hex digits); "" for content
     zipped: bool = False  # a zip holding the one .pth
 
     def matches(self, hexdigest: str) -> bool:
         """True when ``hexdigest`` (of the algorithm's kind) is the expected one."""
         return hexdigest.startswith(self.digest)
 
+    def problem(self, path: str) -> str | None:
+        """Why the file at ``path`` is not this source's file (None when it is)."""
+        if self.algorithm == "content":
+            return content_problem(path)
+        got = file_digest(path, self.algorithm)
+        if self.matches(got):
+            return None
+        return f"checksum mismatch: {self.algorithm} {got[:16]}..., expected {self.digest}"
 
-def sources(arch: str) -> list[Source]:
-    """The chain of sources for ``arch``, in the order tried; empty when no zoo publishes it."""
+
+def sources(arch: str, init: str = "imagenet") -> list[Source]:
+    """The chain of sources of initialisation ``init`` for ``arch``, in the order tried; empty when none."""
+    if arch in deeplab.DEEPLAB_ARCHS:
+        return _deeplab_sources(init)
     chain: list[Source] = []
+    if init != "imagenet":
+        return chain
     if arch in MODEL_URLS:
         url = MODEL_URLS[arch]
         name = url.rsplit("/", 1)[1]
@@ -95,9 +127,41 @@ def sources(arch: str) -> list[Source]:
     return chain
 
 
-def published_archs() -> list[str]:
-    """Architectures with at least one source of ImageNet weights."""
-    return [arch for arch in ARCHS if sources(arch)]
+def _deeplab_sources(init: str) -> list[Source]:
+    if init == "imagenet":
+        name = ADVENT_IMAGENET.rsplit("/", 1)[1]
+        return [Source("ADVENT's release (ImageNet)", ADVENT_IMAGENET, name, "content", ""),
+                Source("the web archive's copy of ADVENT's release", ARCHIVE + ADVENT_IMAGENET, name, "content", "")]
+    if init == "coco":
+        name = ADAPTSEGNET_COCO.rsplit("/", 1)[1]
+        prefix = name.rsplit("-", 1)[1].split(".")[0]
+        return [Source("AdaptSegNet's authors (ImageNet + MS-COCO)", ADAPTSEGNET_COCO, name, "sha256", prefix),
+                Source("the web archive's copy of AdaptSegNet's file", ARCHIVE + ADAPTSEGNET_COCO, name, "sha256",
+                       prefix)]
+    return []
+
+
+def published_archs(init: str = "imagenet") -> list[str]:
+    """Architectures with at least one source of initialisation ``init``."""
+    return [arch for arch in (*ARCHS, *deeplab.DEEPLAB_ARCHS) if sources(arch, init)]
+
+
+def content_problem(path: str) -> str | None:
+    """Why the file at ``path`` is not a DeepLab-v2 ResNet-101 backbone state dict (None when it is).
+
+    For a file whose publisher gives no checksum: it must load safely (``weights_only``) and hold every
+    backbone tensor with its shape (an outer ``Scale.``-like prefix allowed, the classifiers ignored).
+    """
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any unreadable or unsafe file is simply not this file
+        return f"not a loadable state dict ({type(err).__name__})"
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return "not a state dict of tensors"
+    _, state = deeplab.strip_wrapper_prefix({str(k): v for k, v in obj.items()})
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return deeplab.backbone_problem(state)
 
 
 def default_cache_dir() -> str:
@@ -204,9 +268,9 @@ def download(source: Source, folder: str, opener: Opener | None = None, progress
             if not zipfile.is_zipfile(part):
                 raise ValueError("not a zip file")
             kept.append(_unzip_one_pth(part, folder, source.file_name))
-        got = file_digest(kept[-1], source.algorithm)
-        if not source.matches(got):
-            raise ValueError(f"checksum mismatch: {source.algorithm} {got[:16]}..., expected {source.digest}")
+        problem = source.problem(kept[-1])
+        if problem:
+            raise ValueError(problem)
         os.replace(kept[-1], final)
         kept.pop()
         fsync_folder(folder)
@@ -217,41 +281,46 @@ def download(source: Source, folder: str, opener: Opener | None = None, progress
                 os.unlink(path)
 
 
-def cached(arch: str, cache_dir: str | None = None) -> tuple[str | None, list[str]]:
+def cached(arch: str, cache_dir: str | None = None, init: str = "imagenet") -> tuple[str | None, list[str]]:
     """(path of the first verified cached file of the chain or None, why each cached file was refused)."""
     folder = cache_dir or default_cache_dir()
     refused: list[str] = []
     seen: set[str] = set()  # the authors' file and its archived copies share one name: check it once
-    for source in sources(arch):
+    for source in sources(arch, init):
         path = os.path.join(folder, source.file_name)
         if path in seen or not os.path.isfile(path):
             continue
         seen.add(path)
         try:
-            got = file_digest(path, source.algorithm)
+            if source.algorithm == "content":
+                problem = content_problem(path)
+            else:
+                got = file_digest(path, source.algorithm)
+                problem = None if source.matches(got) else \
+                    f"{source.algorithm} starts {got[:8]}, expected {source.digest[:8]}"
         except OSError as err:  # unreadable: not used, and a download may replace it
             refused.append(f"{path} (in the cache: cannot be read, {err.strerror or _reason(err)}; not used)")
             continue
-        if source.matches(got):
+        if problem is None:
             return path, refused
-        refused.append(f"{path} (in the cache: {source.algorithm} starts {got[:8]}, expected {source.digest[:8]};"
-                       " not used)")
+        refused.append(f"{path} (in the cache: {problem}; not used)")
     return None, refused
 
 
 def fetch(arch: str, cache_dir: str | None = None, opener: Opener | None = None, progress: bool = True,
-          log: Callable[[str], None] | None = None) -> tuple[str, Source]:
-    """A verified ImageNet weights file for ``arch``: from the cache, else the first source that works.
+          log: Callable[[str], None] | None = None, init: str = "imagenet") -> tuple[str, Source]:
+    """A verified initialisation file (``init``, e.g. ImageNet) for ``arch``: from the cache, else the first
+    source that works.
 
     Returns (path, source it came from). Raises CheckpointError naming every address tried and why it
     failed, with how to place a file by hand.
     """
-    chain = sources(arch)
+    chain = sources(arch, init)
     if not chain:
-        raise CheckpointError(f"no published ImageNet weights for {arch}; those exist for "
-                              f"{', '.join(published_archs())} (or pass a file with --pretrained PATH)")
+        raise CheckpointError(f"no published {INIT_NAMES.get(init, init)} weights for {arch}; those exist for "
+                              f"{', '.join(published_archs(init))} (or pass a file with --pretrained PATH)")
     folder = cache_dir or default_cache_dir()
-    path, failures = cached(arch, folder)
+    path, failures = cached(arch, folder, init)
     if path is not None:
         return path, next(s for s in chain if s.file_name == os.path.basename(path))
     say = log or (lambda text: print(text, file=sys.stderr))
@@ -265,12 +334,14 @@ def fetch(arch: str, cache_dir: str | None = None, opener: Opener | None = None,
         tried = f" after {'; '.join(failures)}" if failures else ""
         say(f"{arch}: {path} downloaded from {source.url} ({source.label}){tried}")
         return path, source
-    raise CheckpointError(all_failed_message(arch, folder, failures))
+    raise CheckpointError(all_failed_message(arch, folder, failures, init))
 
 
-def all_failed_message(arch: str, folder: str, failures: list[str]) -> str:
+def all_failed_message(arch: str, folder: str, failures: list[str], init: str = "imagenet") -> str:
     """The one-line error when no source of ``arch`` gives a verified file."""
-    names = " or ".join(dict.fromkeys(s.file_name for s in sources(arch)))
-    return (f"no ImageNet weights for {arch}: every source failed: {'; '.join(failures)}. "
-            f"On a machine with network run `{FETCH_COMMAND} {arch}` and copy the file it prints to "
+    names = " or ".join(dict.fromkeys(s.file_name for s in sources(arch, init)))
+    which = INIT_NAMES.get(init, init)
+    flag = "" if init == "imagenet" else f" --init {init}"
+    return (f"no {which} weights for {arch}: every source failed: {'; '.join(failures)}. "
+            f"On a machine with network run `{FETCH_COMMAND} {arch}{flag}` and copy the file it prints to "
             f"{folder}/ (as {names}), or pass it with --pretrained PATH")

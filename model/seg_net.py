@@ -87,8 +87,8 @@ class SegNet(nn.Module):
         else:
             size = [output_size[0], output_size[1]]
         # the heads by their state-dict names here, so that TorchScript can compile forward: seg2 is the aux head
-        aux = self._upsample_log_probs(self.seg2(feats[self.aux_layer]), size)
-        main = self._upsample_log_probs(self.seg1(feats[8]), size)
+        aux = upsample_log_probs(self.seg2(feats[self.aux_layer]), size)
+        main = upsample_log_probs(self.seg1(feats[8]), size)
         return aux, main
 
     def main_logits(self, x: Tensor, output_size: Optional[tuple[int, int]] = None) -> Tensor:
@@ -100,16 +100,21 @@ class SegNet(nn.Module):
         logits = self.seg1(self.base(x))  # the main head
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
 
-    @staticmethod
-    def _upsample_log_probs(logits: Tensor, size: list[int]) -> Tensor:
-        # Interpolating to an explicit size (not a x8 factor) gives exactly the input's size for
-        # every input, including sizes that are not multiples of 8.
-        up = F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
-        if up.dtype == torch.float16 or up.dtype == torch.bfloat16:
-            # Losses on half-precision log-probabilities lose too much; CPU autocast keeps
-            # log_softmax in the low precision, so the last step runs in float32 on every device.
-            up = up.float()
-        return F.log_softmax(up, dim=1)
+    def param_groups(self) -> list[dict]:
+        """Every parameter in one optimiser group at the base learning rate, as the original code trained it."""
+        return [{"params": list(self.parameters()), "lr_mult": 1.0}]
 
     def extra_repr(self) -> str:
         return f"arch={self.arch}, num_classes={self.num_classes}, aux_layer={self.aux_layer}"
+
+
+def upsample_log_probs(logits: Tensor, size: list[int]) -> Tensor:
+    """Log-softmax over classes of ``logits`` upsampled bilinearly (align_corners=True) to ``size`` (H, W)."""
+    # Interpolating to an explicit size (not a x8 factor) gives exactly the input's size for
+    # every input, including sizes that are not multiples of 8.
+    up = F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+    if up.dtype == torch.float16 or up.dtype == torch.bfloat16:
+        # Losses on half-precision log-probabilities lose too much; CPU autocast keeps
+        # log_softmax in the low precision, so the last step runs in float32 on every device.
+        up = up.float()
+    return F.log_softmax(up, dim=1)

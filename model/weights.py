@@ -7,11 +7,17 @@ Accepted forms (files or URLs; a ``module.`` prefix from DataParallel/DDP is str
 - the original code's state dict (the same plus the unused ``up1.weight``/``up2.weight``, ignored);
 - a DRN ImageNet checkpoint (``layer0.*`` ... ``fc.*``), loaded into the backbone, ``fc.*`` ignored;
 - an imgclsmob (``pytorchcv``) DRN ImageNet checkpoint (``features.*``, ``output.*``), as its ``.pth`` or
-  as the ``.zip`` holding it, renamed to our names (``model.imgclsmob``) and loaded like the one above.
+  as the ``.zip`` holding it, renamed to our names (``model.imgclsmob``) and loaded like the one above;
+- a DeepLab-v2 multi-level state dict as AdaptSegNet and ADVENT save them (``conv1.*`` ... ``layer5.*``,
+  ``layer6.*``), into a DeepLab-v2 net unchanged; a file of theirs does not say how its classifiers sum
+  (``model.deeplab``), so building a net from one needs ``arch=`` (``--arch``);
+- a DeepLab-v2 initialisation (ADVENT's ImageNet file, AdaptSegNet's ImageNet + MS-COCO file): the
+  backbone under one outer name (``Scale.conv1.weight`` ...), loaded into the backbone, its classifier ignored.
 
-``--pretrained imagenet`` resolves through ``model.pretrained`` (a chain of verified sources).
-CLI: ``python -m model.weights fetch drn_d_22 drn_d_38 [--out DIR]`` downloads and verifies those
-weights ahead of time, e.g. on a cluster's login node when the compute nodes have no network.
+``--pretrained imagenet`` (or ``coco``) resolves through ``model.pretrained`` (a chain of verified sources).
+CLI: ``python -m model.weights fetch drn_d_22 drn_d_38 [--init coco] [--out DIR]`` downloads and verifies
+those weights ahead of time, e.g. on a cluster's login node when the compute nodes have no network;
+``python -m model.weights convert IN OUT --arch ARCH`` writes another code's trained net as our final file.
 """
 
 from __future__ import annotations
@@ -35,10 +41,10 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
-from model import imgclsmob, pretrained
+from model import deeplab, imgclsmob, pretrained
 from model.drn import ARCHS, build_drn
-from model.pretrained import default_cache_dir
-from model.seg_net import SegNet
+from model.pretrained import INITS, default_cache_dir
+from model.registry import SEG_ARCHS, build_net, is_seg_net
 from utils.checkpoint import TRAIN_FORMAT, atomic_save
 from utils.cli import ArgumentParser, DefaultsHelpFormatter, check_output, run_cli
 from utils.errors import CheckpointError
@@ -54,6 +60,8 @@ _BACKBONE_FORMS = ("drn-backbone", "imgclsmob")  # ImageNet checkpoints: a DRN w
 _DRN_ONLY_KEY = re.compile(r"^layer[05678]\.")
 OTHER_NETWORK = "not a DRN"  # the form of a state dict whose keys are neither ours nor a DRN's
 URL_KEY_DIGITS = 16  # hex digits of the URL's SHA-256 in its cache file's name (url_cache_name)
+_DEEPLAB_BACKBONE = "deeplab-backbone"  # a DeepLab-v2 initialisation: the backbone without our two heads
+_DEEPLAB_HEADS = tuple(h + "." for h in deeplab.HEADS)
 
 
 @dataclass
@@ -213,7 +221,11 @@ def _unwrap(ckpt: Mapping, source: str) -> tuple[str, dict[str, Tensor], dict[st
             raise CheckpointError(f"{source} is an imgclsmob DRN checkpoint, but {err}") from None
         form = "imgclsmob"
     elif not form or form == "state_dict":
-        if any(k.startswith("base.") for k in state):
+        wrapper, unwrapped = deeplab.strip_wrapper_prefix(state)
+        if deeplab.is_deeplab_state(unwrapped):
+            state = unwrapped  # AdaptSegNet's and ADVENT's loaders drop the outer name (``Scale.``) too
+            form = "deeplab" if deeplab.has_heads(state) else _DEEPLAB_BACKBONE
+        elif any(k.startswith("base.") for k in state):
             form = "old-code" if any(k.startswith(("up1.", "up2.")) for k in state) else "segnet"
         elif any(_DRN_ONLY_KEY.match(k) for k in state):
             form = "drn-backbone"
@@ -225,8 +237,8 @@ def _unwrap(ckpt: Mapping, source: str) -> tuple[str, dict[str, Tensor], dict[st
 def _checked_meta(meta: dict[str, Any], source: str) -> dict[str, Any]:
     """`meta` as a SegNet takes it, or a CheckpointError naming the file and the value that is wrong."""
     arch, aux, classes = meta.get("arch"), meta.get("aux_layer"), meta.get("num_classes")
-    if "arch" in meta and arch not in ARCHS:
-        raise CheckpointError(f"{source} names the architecture {arch!r}, not one of {', '.join(ARCHS)}")
+    if "arch" in meta and arch not in SEG_ARCHS:
+        raise CheckpointError(f"{source} names the architecture {arch!r}, not one of {', '.join(SEG_ARCHS)}")
     if aux is not None and (not isinstance(aux, int) or isinstance(aux, bool) or not 1 <= aux <= 8):
         raise CheckpointError(f"{source} holds aux_layer {aux!r}; expected a DRN level, an integer from 1 to 8")
     if "num_classes" in meta and (not isinstance(classes, int) or isinstance(classes, bool) or classes < 1):
@@ -235,13 +247,13 @@ def _checked_meta(meta: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 def _describe(net: nn.Module) -> str:
-    if isinstance(net, SegNet):
+    if is_seg_net(net):
         return f"{net.arch} (aux_layer {net.aux_layer}, {net.num_classes} classes)"
     return type(net).__name__
 
 
 def _check_meta(net: nn.Module, meta: dict[str, Any], source: str) -> None:
-    if not isinstance(net, SegNet) or not meta:
+    if not is_seg_net(net) or not meta:
         return
     diff = [f"{k} {meta[k]!r} (net: {getattr(net, k)!r})" for k in _NET_META
             if k in meta and meta[k] != getattr(net, k)]
@@ -255,11 +267,15 @@ def _apply(net: nn.Module, ckpt: Mapping, source: str) -> LoadReport:
     target = net.module if isinstance(net, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else net
     form, state, meta = _unwrap(ckpt, source)
     _check_meta(target, meta, source)
-    into_backbone = form in _BACKBONE_FORMS and isinstance(target, SegNet)
+    into_backbone = form in _BACKBONE_FORMS and hasattr(target, "base") and is_seg_net(target)
+    deeplab_init = form == _DEEPLAB_BACKBONE and isinstance(target, deeplab.DeepLabV2)
     module = target.base if into_backbone else target
     prefix = "base." if into_backbone else ""
     expected = module.state_dict()
-    ignored = sorted(k for k in state if k not in expected and _UNUSED_KEY.match(k))
+    if deeplab_init:  # an initialisation's classifier belongs to another net: ours keep their own init
+        expected = {k: v for k, v in expected.items() if not k.startswith(_DEEPLAB_HEADS)}
+    ignored = sorted(k for k in state if k not in expected
+                     and (_UNUSED_KEY.match(k) or (deeplab_init and k.startswith(_DEEPLAB_HEADS))))
     unexpected = sorted(k for k in state if k not in expected and k not in ignored)
     # Checkpoints older than PyTorch 0.4.1 (the DRN ImageNet files) have no num_batches_tracked.
     missing = sorted(k for k in expected if k not in state and not k.endswith("num_batches_tracked"))
@@ -269,7 +285,8 @@ def _apply(net: nn.Module, ckpt: Mapping, source: str) -> LoadReport:
         raise CheckpointError(_mismatch_message(source, form, _describe(target), wrong, missing, unexpected))
     module.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
     loaded = sorted(prefix + k for k in state if k in expected)
-    not_in_ckpt = sorted(k for k in target.state_dict() if k.startswith(("seg1.", "seg2."))) if into_backbone else []
+    heads = ("seg1.", "seg2.") if into_backbone else _DEEPLAB_HEADS if deeplab_init else ()
+    not_in_ckpt = sorted(k for k in target.state_dict() if heads and k.startswith(heads))
     return LoadReport(source=source, form=form, loaded=loaded, ignored=ignored, missing=not_in_ckpt)
 
 
@@ -298,8 +315,8 @@ def load_weights(net: nn.Module, path_or_url: str | os.PathLike, *, allow_pickle
 
 def build_from_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
                           allow_pickle: bool = False, *, arch: str | None = None, aux_layer: int | None = None,
-                          num_classes: int | None = None) -> SegNet:
-    """A SegNet built as the checkpoint says (our formats) or from ``arch=`` (others), weights loaded."""
+                          num_classes: int | None = None) -> nn.Module:
+    """A segmentation net built as the checkpoint says (our formats) or from ``arch=`` (others), weights loaded."""
     source = str(path)
     ckpt = read_checkpoint(source, allow_pickle=allow_pickle)
     form, state, meta = _unwrap(ckpt, source)
@@ -309,21 +326,28 @@ def build_from_checkpoint(path: str | os.PathLike, map_location: str | torch.dev
             raise CheckpointError(f"{source} holds {key} {meta[key]!r}, not the requested {value!r}")
     if form == OTHER_NETWORK:
         raise CheckpointError(f"{source} holds the weights of another network ({_first(sorted(state), 3)}): not a "
-                              "segmentation net of ours (base.*, seg1.*, seg2.*) nor a DRN (layer0-8)")
-    if form in _BACKBONE_FORMS:
-        raise CheckpointError(f"{source} holds a DRN backbone without the segmentation heads (an ImageNet "
+                              "segmentation net of ours (base.*, seg1.*, seg2.*), a DRN (layer0-8) nor a DeepLab-v2")
+    if form in _BACKBONE_FORMS or form == _DEEPLAB_BACKBONE:
+        raise CheckpointError(f"{source} holds a backbone without the segmentation heads (an ImageNet "
                               "checkpoint): start a training run from it (--pretrained, --restore-from), it is "
                               "not a trained segmentation net")
     arch = meta.get("arch", arch) or infer_arch(state)
+    if arch is None and form == "deeplab":
+        raise CheckpointError(
+            f"{source} holds a DeepLab-v2 ResNet-101 saved by AdaptSegNet or ADVENT (or the original code), which "
+            f"does not say how its classifiers sum their branches: pass --arch {deeplab.ARCH} (all four: ADVENT and "
+            f"its descendants) or --arch {deeplab.ADAPTSEGNET_ARCH} (the first two: AdaptSegNet's DeeplabMulti); "
+            "`python -m model.weights convert` writes it as a file that names it")
     if arch is None:
         raise CheckpointError(f"{source} ({form}): its backbone's keys and shapes match none of the DRN "
                               f"architectures ({', '.join(ARCHS)})")
     aux_layer = meta.get("aux_layer", aux_layer)
     if num_classes is None:
         num_classes = meta.get("num_classes")
-    if num_classes is None and "seg1.weight" in state:
-        num_classes = int(state["seg1.weight"].shape[0])
-    net = SegNet(arch, num_classes=num_classes or 19, aux_layer=aux_layer)
+    for head in ("seg1.weight", "layer6.conv2d_list.0.weight"):
+        if num_classes is None and head in state:
+            num_classes = int(state[head].shape[0])
+    net = build_net(arch, num_classes=num_classes or 19, aux_layer=aux_layer)
     _apply(net, ckpt, source)
     return net.to(map_location)
 
@@ -352,8 +376,8 @@ def save_final(path: str | os.PathLike, net: nn.Module) -> None:
     """Write ``net`` as our final-weights file, atomically (temp file in the same folder, then rename)."""
     if isinstance(net, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         net = net.module
-    if not isinstance(net, SegNet):
-        raise TypeError(f"save_final needs a SegNet, got {type(net).__name__}")
+    if not is_seg_net(net):
+        raise TypeError(f"save_final needs a segmentation net (SegNet, DeepLabV2), got {type(net).__name__}")
     payload = {"format": FINAL_FORMAT, "arch": net.arch, "aux_layer": net.aux_layer,
                "num_classes": net.num_classes,
                "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
@@ -361,43 +385,72 @@ def save_final(path: str | os.PathLike, net: nn.Module) -> None:
 
 
 def _fetch_command(args: argparse.Namespace) -> int:
-    """Download and verify the ImageNet weights of each named architecture; print where they are."""
+    """Download and verify the initialisation (``--init``) of each named architecture; print where they are."""
     cache = default_cache_dir()
     folder = args.out or cache
     if args.out:
         check_output(args.out, "--out", folder=True)
     for arch in args.archs:
-        path, source = pretrained.fetch(arch, cache_dir=folder, progress=not args.quiet)
-        print(f"{arch}: {path} (from {source.label}, {source.algorithm} {source.digest[:8]} verified)")
+        path, source = pretrained.fetch(arch, cache_dir=folder, progress=not args.quiet, init=args.init)
+        check = "content checked (no checksum is published)" if source.algorithm == "content" else \
+            f"{source.algorithm} {source.digest[:8]} verified"
+        print(f"{arch}: {path} (from {source.label}, {check})")
         if source.zipped:
             print("  note: imgclsmob's own ImageNet training, not the DRN authors' weights (docs/weights.md)")
+    flag = f"--pretrained {args.init}"
     if os.path.abspath(folder) == os.path.abspath(cache):
-        print(f"--pretrained imagenet (the default) finds them in {cache} on this machine; on a machine "
+        print(f"{flag} finds them in {cache} on this machine; on a machine "
               "without network copy them into its $TORCH_HOME/hub/checkpoints/ or pass --pretrained PATH")
     else:
         print(f"use one with --pretrained PATH, or copy it into {cache}/ (or $TORCH_HOME/hub/checkpoints/ "
-              "on the machine that trains) where --pretrained imagenet finds it")
+              f"on the machine that trains) where {flag} finds it")
+    return 0
+
+
+def _convert_command(args: argparse.Namespace) -> int:
+    """Write a trained segmentation checkpoint of any accepted form as our final file, naming its net."""
+    check_output(args.out, "OUT")
+    net = build_from_checkpoint(args.checkpoint, allow_pickle=args.allow_pickle, arch=args.arch)
+    save_final(args.out, net)
+    print(f"{args.out}: {_describe(net)} from {args.checkpoint}; eval_cs.py --restore-from and --teacher read "
+          "its architecture from it")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line of this module: ``fetch ARCH... [--out DIR]``."""
+    """Command line of this module: ``fetch ARCH... [--init NAME] [--out DIR]`` and ``convert IN OUT``."""
     parser = ArgumentParser(prog="python -m model.weights", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fetch = commands.add_parser(
         "fetch", formatter_class=DefaultsHelpFormatter,
-        help="download and verify DRN ImageNet weights (for machines whose training nodes have no network)",
-        description="Download the DRN ImageNet weights from the first source that works, verify their "
-                    "checksum and keep them where --pretrained imagenet finds them (docs/weights.md).")
+        help="download and verify published initialisations (for machines whose training nodes have no network)",
+        description="Download an architecture's published initialisation (DRN or DeepLab-v2 ImageNet weights, "
+                    "DeepLab-v2's ImageNet + MS-COCO file) from the first source that works, verify it and keep "
+                    "it where --pretrained NAME finds it (docs/weights.md).")
     fetch.add_argument("archs", nargs="+", metavar="ARCH", choices=pretrained.published_archs(),
                        help=f"architectures: {', '.join(pretrained.published_archs())}")
+    fetch.add_argument("--init", choices=INITS, default="imagenet",
+                       help="which initialisation: imagenet, or coco (DeepLab-v2 only: AdaptSegNet's ImageNet + "
+                            "MS-COCO file)")
     fetch.add_argument("--out", metavar="DIR", default=None,
                        help="folder to write to (default: torch hub's checkpoint folder, "
-                            "$TORCH_HOME/hub/checkpoints, where --pretrained imagenet looks)")
+                            "$TORCH_HOME/hub/checkpoints, where --pretrained looks)")
     fetch.add_argument("--quiet", action="store_true", help="no progress bar")
     fetch.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    convert = commands.add_parser(
+        "convert", formatter_class=DefaultsHelpFormatter,
+        help="write a trained net saved by other code (AdaptSegNet, ADVENT, the original code) as our final file",
+        description="Read a trained segmentation checkpoint of any accepted form and write it as our final file, "
+                    "which names its architecture (for --teacher, eval_cs.py, export_onnx.py).")
+    convert.add_argument("checkpoint", metavar="IN", help="the trained checkpoint")
+    convert.add_argument("out", metavar="OUT", help="the final file to write")
+    convert.add_argument("--arch", default=None,
+                         help="architecture, for files that do not name it (needed for AdaptSegNet's and ADVENT's)")
+    convert.add_argument("--allow-pickle", action="store_true",
+                         help="UNSAFE: accept a whole pickled model (runs code from the file)")
+    convert.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
-    return _fetch_command(args)
+    return _convert_command(args) if args.command == "convert" else _fetch_command(args)
 
 
 if __name__ == "__main__":

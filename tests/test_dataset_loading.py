@@ -15,7 +15,7 @@ from dataset.synthetic import generate
 from dataset.transforms import EvalTransform, TrainTransform
 from utils.errors import DatasetError
 
-SPLITS = {"gta5": "train", "cityscapes": "val", "bdd": "val"}
+SPLITS = {"gta5": "train", "cityscapes": "val", "bdd": "val", "synthia": "train"}
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +201,7 @@ def test_benchmark_loader_prints_a_line_per_layout(synthetic_root, capsys):
 
     main(["--root", str(synthetic_root), "--size", "32,16", "--num", "4", "--workers", "0"])
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "label remap" in ln]
-    assert [ln.split()[0] for ln in lines] == ["gta5", "cityscapes", "bdd"]
+    assert [ln.split()[0] for ln in lines] == ["gta5", "cityscapes", "bdd", "synthia"]
     for ln in lines:
         rates = [float(w) for w in ln.replace(",", " ").split() if w.replace(".", "", 1).isdigit()]
         assert all(r > 0 for r in rates)

@@ -280,7 +280,8 @@ def test_an_unreadable_cached_file_is_reported_once_and_replaced_by_a_download(m
     served.write_bytes(b"the right bytes" * 10)
     digest = hashlib.sha256(served.read_bytes()).hexdigest()[:8]
     chain = [Source(f"mirror {i}", served.as_uri(), "drn_d_22-x.pth", "sha256", digest) for i in range(3)]
-    monkeypatch.setattr(pretrained, "sources", lambda arch: chain)  # three sources of one file, as the authors'
+    # three sources of one file, as the authors'
+    monkeypatch.setattr(pretrained, "sources", lambda arch, init="imagenet": chain)
     out = tmp_path / "cache"
     out.mkdir()
     (out / "drn_d_22-x.pth").write_bytes(b"unreadable")

@@ -49,7 +49,7 @@ def chain_of(monkeypatch, *entries: tuple[str, bytes | None]) -> list[Source]:
     """Replace every architecture's chain by sources checked against the given payloads' SHA-256."""
     chain = [Source(f"source {i}", url, f"weights-{i}.pth", "sha256", sha256(data)[:8] if data else "0" * 8)
              for i, (url, data) in enumerate(entries)]
-    monkeypatch.setattr(pretrained, "sources", lambda arch: chain)
+    monkeypatch.setattr(pretrained, "sources", lambda arch, init="imagenet": chain)
     return chain
 
 
@@ -144,7 +144,7 @@ def _zip(name: str, data: bytes) -> bytes:
 def test_an_imgclsmob_zip_is_checked_by_its_inner_pth(monkeypatch, tmp_path):
     inner = b"the .pth inside"
     source = Source("zoo", "http://z/w.pth.zip", "w.pth", "sha1", hashlib.sha1(inner).hexdigest(), zipped=True)
-    monkeypatch.setattr(pretrained, "sources", lambda arch: [source])
+    monkeypatch.setattr(pretrained, "sources", lambda arch, init="imagenet": [source])
     bad = FakeOpener({"http://z/w.pth.zip": _zip("w.pth", b"something else")})
     with pytest.raises(CheckpointError, match="checksum mismatch: sha1"):
         fetch("drn_d_22", cache_dir=str(tmp_path), opener=bad, progress=False, log=lambda _: None)
@@ -200,7 +200,7 @@ def test_fetch_command_downloads_verifies_and_prints_the_path_and_flag(monkeypat
         files[arch] = served / f"{arch}.pth"
         files[arch].write_bytes(arch.encode() * 100)
     monkeypatch.setattr(pretrained, "_urlopen", _local_opener)
-    monkeypatch.setattr(pretrained, "sources", lambda arch: [
+    monkeypatch.setattr(pretrained, "sources", lambda arch, init="imagenet": [
         Source("the test's folder", files[arch].as_uri(), f"{arch}-x.pth", "sha256",
                sha256(files[arch].read_bytes())[:8])] if arch in files else [])
     out = tmp_path / "out"

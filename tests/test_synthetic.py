@@ -90,12 +90,12 @@ def test_source_and_target_look_different(bench):
     assert gta > 1.5 * city  # the "rendered game" source is far more saturated
 
 
-def test_command_line_writes_the_three_domains(tmp_path):
+def test_command_line_writes_the_four_domains(tmp_path):
     result = subprocess.run([sys.executable, "-m", "dataset.synthetic", "--out", str(tmp_path), "--num-train", "2",
                              "--num-val", "1", "--size", "32,16"], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parent.parent)
     assert result.returncode == 0, result.stderr
-    assert {p.name for p in tmp_path.iterdir()} == {"gta5", "cityscapes", "bdd"}
+    assert {p.name for p in tmp_path.iterdir()} == {"gta5", "cityscapes", "bdd", "synthia"}
     bad = subprocess.run([sys.executable, "-m", "dataset.synthetic", "--out", str(tmp_path), "--size", "x"],
                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
     assert bad.returncode == 2 and "size" in bad.stderr

@@ -39,7 +39,7 @@ from utils.settings import (
     setting,
 )
 
-SOURCES = ("gta5", "bdd", "cityscapes")  # cityscapes: its own labels, the "oracle" upper bound
+SOURCES = ("gta5", "bdd", "cityscapes", "synthia")  # cityscapes: its own labels, the "oracle" upper bound
 TARGETS = ("cityscapes", "bdd")
 AMP_MODES = ("off", "bf16", "fp16")
 
@@ -62,12 +62,15 @@ class TrainConfig(Knobs):
     """
 
     # network
-    arch: str = setting("drn_d_22", TEXT, "backbone (e.g. drn_d_22, drn_d_38)", "network")
+    arch: str = setting("drn_d_22", TEXT, "net: a DRN (e.g. drn_d_22, drn_d_38) or DeepLab-v2 ResNet-101 "
+                        "(deeplabv2_resnet101, deeplabv2_resnet101_adaptsegnet; docs/reference.md)", "network")
     aux_layer: Optional[int] = setting(None, optional(POSITIVE_INT), "DRN level of the auxiliary head (none: 6 for "
-                                       "drn_d_22, 7 for drn_d_38)", "network")
+                                       "drn_d_22, 7 for drn_d_38); DeepLab-v2's is always on layer3 and ignores it",
+                                       "network")
     num_classes: int = setting(19, POSITIVE_INT, "classes the heads predict", "network")
-    pretrained: str = setting("imagenet", TEXT, "backbone init: 'imagenet' (published DRN weights), a path or URL, "
-                              "or 'none'", "network")
+    pretrained: str = setting("imagenet", TEXT, "backbone init: 'imagenet' (published DRN weights; for DeepLab-v2 "
+                              "ADVENT's ImageNet file), 'coco' (DeepLab-v2: AdaptSegNet's ImageNet + MS-COCO file), "
+                              "a path or URL, or 'none'", "network")
     zero_init_residual: bool = setting(False, SWITCH, "from scratch (--pretrained none): start each residual block "
                                        "as the identity (its last BN scale 0); helps deep nets such as DRN-D-38 "
                                        "train from scratch", "network")

@@ -11,11 +11,45 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from dataset.labels import CLASS_SETS, CLASSES
 from dataset.transforms import LABEL_SIZES
 from model import MAIN, build_from_checkpoint
 from utils.errors import CheckpointError, ConfigError
-from utils.metrics import ConfusionMatrix
+from utils.metrics import ConfusionMatrix, class_set_scores
 from utils.runtime import autocast, unwrap
+
+PROTOCOLS: dict[str, tuple[str, ...]] = {
+    "cityscapes19": ("cityscapes19",),
+    "synthia16": ("synthia16", "synthia13"),
+    "synthia13": ("synthia13", "synthia16"),
+}
+"""Evaluation protocol -> the class sets (dataset.labels.CLASS_SETS) it reports, its main one first.
+A net trained on SYNTHIA still predicts 19 classes; the field scores it on SYNTHIA's 16 and on 13."""
+
+
+def protocol_of_source(source: str | None) -> str:
+    """The protocol the field reports for a net trained on `source` (a training dataset name)."""
+    return "synthia16" if source == "synthia" else "cityscapes19"
+
+
+def protocol_scores(confusion: torch.Tensor, protocol: str) -> dict[str, dict]:
+    """Scores of each class set `protocol` reports, by set name, main set first: `class_set_scores` plus
+    `classes` (their names)."""
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"--protocol: expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    return {name: {**class_set_scores(confusion, CLASS_SETS[name]), "classes": [CLASSES[t] for t in CLASS_SETS[name]]}
+            for name in PROTOCOLS[protocol]}
+
+
+def validation_scores(source: str | None, result: dict) -> tuple[float, dict[str, float]]:
+    """(the score a run keeps its best checkpoint by, extra values to log) of a validation `result`:
+    for a SYNTHIA-trained net the 16-class mIoU, and val/mIoU16, val/mIoU13; the 19-class mIoU otherwise."""
+    protocol = protocol_of_source(source)
+    if protocol == "cityscapes19":
+        return result["mIoU"], {}
+    sets = protocol_scores(result["confusion"], protocol)
+    extra = {f"val/mIoU{name[len('synthia'):]}": scores["mIoU"] for name, scores in sets.items()}
+    return sets[protocol]["mIoU"], extra
 
 
 def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:

@@ -86,3 +86,35 @@ class ConfusionMatrix:
         scores = self.compute()
         return (f"ConfusionMatrix(num_classes={self.num_classes}, mIoU={scores['mIoU']:.4f}, "
                 f"pixel_acc={scores['pixel_acc']:.4f}, pixels={scores['num_pixels']})")
+
+
+def class_set_scores(matrix: torch.Tensor, classes: tuple[int, ...] | list[int]) -> dict:
+    """Scores over the classes `classes` of a (C, C) confusion matrix (rows ground truth, columns predictions).
+
+    Pixels whose ground truth is another class do not count (as if labelled ignore), while a prediction of
+    any class counts: this is how a benchmark scored on a subset of the classes is computed (SYNTHIA's 16
+    or 13). Returns `mIoU`, `mean_acc`, `pixel_acc` over the subset and `iou`, `acc` (length C, NaN outside
+    the subset and where undefined, as in `scores_from_confusion`).
+    """
+    mat = matrix.detach().to("cpu", torch.float64)
+    c = mat.shape[0]
+    index = torch.tensor(sorted(set(int(k) for k in classes)), dtype=torch.long)
+    if index.numel() == 0 or int(index.min()) < 0 or int(index.max()) >= c:
+        raise ValueError(f"class ids must be in 0..{c - 1}, got {list(classes)}")
+    keep = torch.zeros(c, dtype=torch.bool)
+    keep[index] = True
+    rows = torch.where(keep[:, None], mat, torch.zeros_like(mat))
+    tp, gt, predicted = rows.diagonal(), rows.sum(dim=1), rows.sum(dim=0)
+    union = gt + predicted - tp
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
+    iou = torch.where(keep & (union > 0), tp / union.clamp(min=1), nan)
+    acc = torch.where(keep & (gt > 0), tp / gt.clamp(min=1), nan)
+    total = rows.sum()
+    return {
+        "mIoU": float(iou.nanmean()),
+        "mean_acc": float(acc.nanmean()),
+        "pixel_acc": float(tp[index].sum() / total) if total > 0 else float("nan"),
+        "iou": iou,
+        "acc": acc,
+        "num_pixels": int(total),
+    }

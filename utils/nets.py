@@ -8,13 +8,14 @@ from torch import nn
 
 from model import (
     AUX,
+    INITS,
     MAIN,
-    PUBLISHED,
     Discriminator,
     build_from_checkpoint,
     build_seg_model,
-    fetch_imagenet,
+    fetch_pretrained,
     load_weights,
+    published_archs,
 )
 from utils.config import TrainConfig
 from utils.errors import CheckpointError, ConfigError
@@ -26,8 +27,8 @@ from utils.steps import freeze_teacher
 def build_nets(cfg: TrainConfig, device: torch.device, info: DistInfo):
     """The segmentation net (initialised per --pretrained / --restore-from), D1, D2 and the teacher (or None)."""
     pretrained = None if cfg.pretrained == "none" or cfg.restore_from or cfg.resume else cfg.pretrained
-    if pretrained == "imagenet" and cfg.arch in PUBLISHED and info.enabled:
-        once_per_node(info, device, lambda: fetch_imagenet(cfg.arch))  # one download per node, not per process
+    if pretrained in INITS and cfg.arch in published_archs(pretrained) and info.enabled:
+        once_per_node(info, device, lambda: fetch_pretrained(cfg.arch, init=pretrained))  # once per node
     try:
         net = build_seg_model(cfg.arch, num_classes=cfg.num_classes, aux_layer=cfg.aux_layer, pretrained=pretrained,
                               zero_residual=cfg.zero_init_residual)

@@ -11,8 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from model import AUX, MAIN
-from utils.runtime import unwrap
+from model import AUX, MAIN, param_groups
 
 
 def poly_lr(base_lr: float, step: int, total_steps: int, power: float = 0.9) -> float:
@@ -20,17 +19,11 @@ def poly_lr(base_lr: float, step: int, total_steps: int, power: float = 0.9) -> 
     return base_lr * (1.0 - min(step, total_steps) / total_steps) ** power
 
 
-def net_param_groups(net: nn.Module) -> list[dict]:
-    """The net's parameter groups, each with its learning-rate multiplier `lr_mult` (1 unless the net says
-    otherwise through a `param_groups()` method, e.g. classifiers at 10x)."""
-    core = unwrap(net)
-    if hasattr(core, "param_groups"):
-        return [{"lr_mult": 1.0, **group} for group in core.param_groups()]
-    return [{"params": list(net.parameters()), "lr_mult": 1.0}]
-
-
 class Optimisers:
     """SGD for the net, Adam for D1 and D2, their poly schedule and the fp16 loss scaler of one run.
+
+    The net's parameter groups come from the net (`model.param_groups`: DeepLab-v2's classifiers at 10x the
+    base rate, `lr_mult`), and the schedule keeps their ratio.
 
     `start_phase` builds fresh optimisers for a phase (each phase restarts them and its schedule);
     `zero_grad`, `scale` (a loss before its backward), `schedule` and `step` drive one iteration.
@@ -47,7 +40,7 @@ class Optimisers:
     def start_phase(self, phase_steps: int, levels: tuple[int, ...]) -> None:
         """Fresh optimisers and a poly schedule over `phase_steps`; `levels` are the discriminators trained."""
         s = self.settings
-        self.net_opt = torch.optim.SGD(net_param_groups(self.net), lr=s.learning_rate, momentum=s.momentum,
+        self.net_opt = torch.optim.SGD(param_groups(self.net), lr=s.learning_rate, momentum=s.momentum,
                                        weight_decay=s.weight_decay)
         self.disc_opts = tuple(torch.optim.Adam(d.parameters(), lr=s.learning_rate_d, betas=(0.9, 0.99))
                                for d in self.discriminators)

@@ -5,7 +5,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from model import DEFAULT_AUX_LAYER
+from model import resolve_aux_layer
 from utils.checkpoint import load_training_state
 from utils.config import TrainConfig, check_config
 from utils.errors import CheckpointError, ConfigError
@@ -50,8 +50,7 @@ def _merged(cfg: TrainConfig, run: TrainConfig) -> TrainConfig:
 
 
 def _check_fits(cfg: TrainConfig, state: dict) -> None:
-    asked = {"arch": cfg.arch, "num_classes": cfg.num_classes,
-             "aux_layer": DEFAULT_AUX_LAYER.get(cfg.arch) if cfg.aux_layer is None else cfg.aux_layer}
+    asked = {"arch": cfg.arch, "num_classes": cfg.num_classes, "aux_layer": resolve_aux_layer(cfg.arch, cfg.aux_layer)}
     for key, value in asked.items():
         if key in state and state[key] != value:
             raise CheckpointError(f"--resume {cfg.resume}: it was trained with {key}={state[key]!r}, "

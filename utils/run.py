@@ -131,9 +131,9 @@ def start_run(cfg: TrainConfig, info: DistInfo, device: torch.device) -> tuple[R
                           kept=[d.name for d in declared(TrainConfig) if d.setting.resume != "invocation"])
     # Always there, so that the best val score so far travels through every save, even while a resumed
     # run does not validate; it scores the net only with --eval-every.
-    validator = Validator(val_set, batch_size=cfg.batch_size, num_workers=cfg.num_workers, device=device, amp=cfg.amp,
-                          channels_last=cfg.channels_last, limit=cfg.eval_limit, keep_best=cfg.keep_best,
-                          logger=logger, folder=folder, info=info)
+    validator = Validator(val_set, source=cfg.source, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                          device=device, amp=cfg.amp, channels_last=cfg.channels_last, limit=cfg.eval_limit,
+                          keep_best=cfg.keep_best, logger=logger, folder=folder, info=info)
     optimisers = Optimisers(net, discs, cfg, device.type)
     run = Run(cfg, info, device, folder, phases, net, discs, teacher, datasets, logger, validator, optimisers)
     if state is not None:
