@@ -145,6 +145,22 @@ def test_scripts_table_holds_each_scripts_net_batch_sizes_and_objective(setting)
     assert (setting.teacher_arch is not None) == (setting.script == "train_gta2cs_ts_multi.py")
 
 
+def test_the_deeplab_row_trains_as_the_run_does_with_its_classifiers_at_ten_times(tmp_path):
+    from bench.steps import SCRIPT, Case, StepLoop, make_step, quick_setting, script_nets, synthetic_batches
+
+    setting = quick_setting(SCRIPT["deeplab"])
+    nets, note = script_nets(setting, tmp_path)
+    assert nets is not None and not note and nets.net.arch == "deeplabv2_resnet101"
+    made = make_step(nets, Case("deeplab"), torch.device("cpu"))
+    groups = made[1].net_opt.param_groups
+    assert [g["lr_mult"] for g in groups] == [1.0, 10.0]  # the run's optimiser: the net's own parameter groups
+    head = groups[1]["params"][0]
+    before = head.detach().clone()
+    loop = StepLoop(made, *synthetic_batches(setting, 1, pin=False), torch.device("cpu"), old_way=False)
+    assert loop() and groups[0]["lr"] > 0 and groups[1]["lr"] == pytest.approx(10 * groups[0]["lr"])
+    assert not torch.equal(head, before)  # the optimiser stepped
+
+
 def test_an_unknown_architecture_is_skipped_with_its_reason(tmp_path):
     from dataclasses import replace
 
