@@ -21,6 +21,16 @@ if not _threads.isdigit() or int(_threads) < 1:
 torch.set_num_threads(int(_threads))
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked `gpu` run only where CUDA is (benchmark.py --gpu runs them on a lent GPU)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (benchmark.py --gpu runs these where there is one)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 def run_script(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run `python <args>` from the repository root and capture its output."""
     return subprocess.run([sys.executable, *args], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout)
