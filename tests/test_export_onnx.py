@@ -37,6 +37,10 @@ def test_onnx_matches_pytorch_at_several_sizes(checkpoint, tmp_path, capsys):
     assert student["gflops"] > 0 and student["latency"]["torch_ms"] > 0 and student["latency"]["onnxruntime_ms"] > 0
     printed = capsys.readouterr().out
     assert "max abs diff" in printed and "GFLOPs" in printed
+    # the card names the machine its latencies come from
+    env = student["environment"]
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and env["torch"] == torch.__version__
+    assert f"machine: torch {torch.__version__}, CPU {env['cpu_capability']}" in printed
 
 
 @pytest.mark.float_sensitive
