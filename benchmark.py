@@ -2,6 +2,7 @@
 
     python benchmark.py [--size 512,256] [--batch-size 2] [--repeats 5] [--json OUT] [--quick]
     python benchmark.py --deploy [--repeats 3] [--json OUT] [--quick]   # only the deployment table (bench/deploy.py)
+    python benchmark.py --gpu [--budget 300] [--out runs/gpu_check]      # the GPU check (bench/gpu.py)
 
 Every figure is min / median over `--repeats` timed runs (after one warm-up); a speed-up row gives the
 ratio of the medians and, as its min, the most pessimistic ratio (the old way's best run against our
@@ -37,7 +38,7 @@ from bench.timing import timed
 from dataset import build_dataset
 from dataset.decode import read_label
 from model import Discriminator, build_seg_model, count_parameters, fold_batchnorm
-from utils.cli import ArgumentParser, non_negative_int, positive_int, run_cli, size_arg
+from utils.cli import ArgumentParser, non_negative_int, positive_float, positive_int, run_cli, size_arg
 from utils.config import TrainConfig
 from utils.evaluate import eval_collate, evaluate
 from utils.objective import ADAPTATION, PARADIGMS, build_objective, knobs_of
@@ -326,16 +327,34 @@ def parse_args(argv: Sequence[str] | None):
                         help=f"timed runs per figure (default {REPEATS}; --deploy: 3)")
     parser.add_argument("--data-dir", help="a synthetic benchmark root (gta5/, cityscapes/, bdd/); "
                                            "default: generate one in a temporary folder")
-    parser.add_argument("--warmup", type=non_negative_int, default=WARMUP, help="untimed runs per figure")
+    parser.add_argument("--warmup", type=non_negative_int, default=None,
+                        help=f"untimed runs per figure (default {WARMUP}; --gpu: 2)")
     parser.add_argument("--num-train", type=non_negative_int, default=NUM_TRAIN)
     parser.add_argument("--num-val", type=non_negative_int, default=NUM_VAL)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default cpu; --gpu: cuda)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--quick", action="store_true", help="tiny size, one repeat: a smoke run")
     parser.add_argument("--deploy", action="store_true",
                         help="only the deployment table: student and teacher in every inference form (PyTorch "
                              "fp32, bf16, onnxruntime fp32 and int8) beside the machine's roof (bench/deploy.py)")
+    parser.add_argument("--gpu", action="store_true",
+                        help="the GPU check: each training script's step at the paper's sizes in fp32/bf16/fp16, "
+                             "memory and the batch per card, --compile, eval_cs.py, determinism, the gpu tests "
+                             "(bench/gpu.py; docs/scaling.md#gpu-check)")
+    parser.add_argument("--budget", type=positive_float, default=None,
+                        help="--gpu: seconds the measurements may take; later sections are cut, never overrun "
+                             "(default 300; --quick: 900)")
+    parser.add_argument("--out", default="runs/gpu_check", help="--gpu: folder of gpu_check.json and gpu_check.md")
+    parser.add_argument("--sections", default=None,
+                        help="--gpu: comma-separated subset of steps,memory,eval,deterministic,tests,compile")
+    parser.add_argument("--scripts", default=None,
+                        help="--gpu: comma-separated subset of teacher,student,dakd,deeplab "
+                             "(default: all; --quick: dakd)")
     args = parser.parse_args(argv)
+    if args.gpu:
+        return args
+    args.device = args.device or "cpu"
+    args.warmup = WARMUP if args.warmup is None else args.warmup
     if args.repeats is None and not args.deploy:
         args.repeats = REPEATS
     if args.quick and not args.deploy:
@@ -347,6 +366,12 @@ def parse_args(argv: Sequence[str] | None):
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure everything and print the table (and write --json)."""
     args = parse_args(argv)
+    if args.gpu:
+        from bench.gpu import run
+
+        run(args.device or "cuda", args.quick, args.budget, args.out, args.sections, args.repeats, args.warmup,
+            args.scripts)
+        return 0
     if args.deploy:
         from bench.deploy import run
 

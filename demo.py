@@ -4,7 +4,10 @@ Generates the synthetic driving-scene benchmark (GTA5-like source, Cityscapes-li
 absent, then trains, through the very training scripts of this repository: a source-only DRN-D-22, the
 undistilled DRN-D-22 student and the DRN-D-38 teacher (both with multi-level adversarial adaptation),
 and the DAKD student distilled from that teacher. Each is scored on the synthetic Cityscapes val split
-with eval_cs.py; the table, results.json, results.md and figures land in --out.
+with eval_cs.py, as the mean mIoU of its last snapshots (--score-last); the table, the paper's two claims as
+per-seed differences, results.json, results.md and figures land in --out. With several seeds, summary.{json,md}
+give each claim's mean paired difference with its Student-t interval; `--combine DIR DIR` sets such summaries
+from different machines (CPU capabilities) side by side.
 
 Every net starts from random weights (no ImageNet weights offline), with every residual block starting as
 the identity (--zero-init-residual), and trains with a larger learning rate than the paper's fine-tuning
@@ -14,8 +17,11 @@ steps.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -29,15 +35,17 @@ import train_gta2cs_multi_drnd22
 import train_gta2cs_multi_drnd38
 import train_gta2cs_ts_multi
 from model.discriminator import MIN_SIZE
+from utils.claims import LEVEL, METHOD, paired_difference, verdict
 from utils.cli import ArgumentParser, check_output, positive_float, positive_int, run_cli, size_arg
 from utils.errors import ConfigError
 from utils.files import write_text_atomic
+from utils.logger import describe_machine, environment
 from utils.objective import PARADIGMS
 
 DATA_DIR = "data/synthetic"
 OUT_DIR = "runs/demo"
 SIZE = (64, 32)               # (w, h) of the Cityscapes-like frames; source frames keep GTA5's aspect
-NUM_TRAIN, NUM_VAL = 200, 50
+NUM_TRAIN, NUM_VAL = 200, 500  # 500 val frames, as many as Cityscapes' val: less scoring noise, 10 s per score
 DATA_SEED = 0
 STEPS = 300                   # per compared row; the DAKD student's phases add up to the same total
 TEACHER_STEPS = 600           # twice the rows' steps: from scratch, the deeper net needs them to pull ahead
@@ -49,6 +57,14 @@ SEED = 1234
 NUM_WORKERS = 1
 SHOW_CLASSES = ("road", "building", "vegetation", "sky", "car", "person")
 QUICK = {"size": (64, 32), "num_train": 16, "num_val": 8, "steps": 4, "batch_size": 2}
+# Each row is scored as the mean mIoU of its last SCORE_LAST snapshots, saved every 1/SNAPSHOTS of its steps
+# (the last quarter of its schedule): the final weights alone carry the noise of the last few batches
+# (batch-norm statistics above all); the snapshots' mean is steadier. The final checkpoint's mIoU is kept too.
+SCORE_LAST = 4
+SNAPSHOTS = 12
+# The paper's two claims as (id, statement, better row, worse row): each is judged on per-seed differences.
+CLAIMS = (("i", "adaptation beats source-only", "student", "source_only"),
+          ("ii", "the DAKD student beats the undistilled (adapted) student", "dakd", "student"))
 
 # Relative cost of one step of each stage (a source-only DRN-D-22 step = 1), for the time estimate.
 # Measured in a plain `python demo.py` run (source only 43 s for 300 steps; student 2.9x, teacher 3.9x, DAKD
@@ -100,6 +116,12 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--learning-rate", type=positive_float, default=LEARNING_RATE)
     p.add_argument("--zero-init-residual", action=argparse.BooleanOptionalAction, default=ZERO_INIT_RESIDUAL,
                    help="start every residual block as the identity (the training scripts' flag)")
+    p.add_argument("--score-last", type=positive_int, default=SCORE_LAST,
+                   help=f"score each row as the mean mIoU of its last K snapshots, saved every 1/{SNAPSHOTS} of its "
+                        f"steps (default {SCORE_LAST}; 1: the final weights alone)")
+    p.add_argument("--combine", nargs="+", metavar="DIR", default=None,
+                   help="no training: set the summaries (DIR/summary.json) of multi-seed demos run on different "
+                        "machines or CPU capabilities side by side, into --out/combined.{json,md}")
     p.add_argument("--oracle", action="store_true",
                    help="two diagnostic rows more (about 5 minutes per seed here): a DRN-D-38 trained on the target's "
                         "train labels, and a DAKD student distilled from it, to show what a stronger teacher gives")
@@ -121,6 +143,10 @@ def parse_args(argv: Sequence[str] | None):
     args.teacher_steps = args.teacher_steps or (args.steps if args.quick else TEACHER_STEPS)
     args.batch_size = args.batch_size or base["batch_size"]
     args.num_train, args.num_val = base["num_train"], base["num_val"]
+    if args.score_last > SNAPSHOTS:
+        p.error(f"--score-last {args.score_last}: a row saves {SNAPSHOTS} snapshots; give at most {SNAPSHOTS}")
+    if args.combine is not None and len(args.combine) < 2:
+        p.error("--combine needs two or more folders (each holding the summary.json of a multi-seed demo)")
     if args.paradigm == "sequential" and args.steps < 2:
         p.error("--paradigm sequential needs --steps >= 2 (two phases)")
     if min(args.size) < MIN_SIZE:
@@ -132,7 +158,7 @@ def parse_args(argv: Sequence[str] | None):
 def data_root(args) -> Path:
     """Where the synthetic benchmark for the demo's size and frame count lives."""
     w, h = args.size
-    return Path(args.data_dir) / f"{w}x{h}_n{args.num_train}_s{DATA_SEED}"
+    return Path(args.data_dir) / f"{w}x{h}_n{args.num_train}_v{args.num_val}_s{DATA_SEED}"
 
 
 def ensure_data(args) -> Path:
@@ -178,22 +204,28 @@ def stages(args) -> list[Stage]:
     return rows
 
 
-def common_flags(args, data: Path, out: Path) -> list[str]:
-    """Flags every training stage shares: data, sizes, batch, schedule, seed, device."""
+def snapshot_every(steps: int) -> int:
+    """Steps between the snapshots of a row of `steps` steps (SNAPSHOTS of them, the last at its end)."""
+    return max(1, steps // SNAPSHOTS)
+
+
+def common_flags(args, data: Path, out: Path, steps: int) -> list[str]:
+    """Flags every training stage shares: data, sizes, batch, schedule, seed, device, snapshots."""
     size = f"{args.size[0]},{args.size[1]}"
     return ["--data-dir-target", str(data / "cityscapes"),
             "--input-size", size, "--input-size-target", size, "--eval-size", size,
             "--batch-size", str(args.batch_size), "--num-steps", str(args.steps),
             "--learning-rate", str(args.learning_rate), "--pretrained", "none", "--random-seed", str(args.seed),
             "--num-workers", str(args.num_workers), "--device", args.device, "--snapshot-dir", str(out),
-            "--save-pred-every", str(max(args.steps, 1)), "--log-every", "10", "--random-mirror",
+            "--save-pred-every", str(snapshot_every(steps)), "--keep-last", str(max(2, args.score_last)),
+            "--log-every", "10", "--random-mirror",
             "--zero-init-residual" if args.zero_init_residual else "--no-zero-init-residual"]
 
 
 def check_out_folder(args, out: Path) -> None:
     """Create --out; a folder from an earlier demo is reused only when its settings are the same."""
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
-                if k not in ("out", "debug", "num_workers", "device", "threads", "seeds", "oracle")}
+                if k not in ("out", "debug", "num_workers", "device", "threads", "seeds", "oracle", "combine")}
     stamp = out / "settings.json"
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -231,7 +263,7 @@ def train_all(args, data: Path, out: Path) -> dict[str, Path]:
         if finals[st.key].is_file():
             print(f"reusing {finals[st.key]} (same settings; delete {folder} to train it again)")
         else:
-            flags = [*common_flags(args, data, folder), "--data-dir", str(data / st.source), *st.flags]
+            flags = [*common_flags(args, data, folder, st.steps), "--data-dir", str(data / st.source), *st.flags]
             if st.teacher:
                 flags += ["--teacher", str(finals[st.teacher])]
             if (folder / "last.pth").is_file():  # an interrupted earlier demo: continue where it stopped
@@ -241,24 +273,70 @@ def train_all(args, data: Path, out: Path) -> dict[str, Path]:
             if status:
                 raise SystemExit(status)
             done_work += work[st.key]  # only trained stages say how fast this machine is
+        score_snapshots(args, data, folder)
     print(f"\ntraining done in {_fmt(time.time() - started)}", flush=True)
     return finals
 
 
+def _eval_argv(args, data: Path, ckpt: Path, json_path: Path) -> list[str]:
+    size = f"{args.size[0]},{args.size[1]}"
+    return ["--restore-from", str(ckpt), "--data-dir", str(data / "cityscapes"), "--dataset", "cityscapes",
+            "--split", "val", "--input-size", size, "--batch-size", "8", "--device", args.device,
+            "--json", str(json_path), "--overwrite-pred", "--no-progress"]  # a rerun may refill its own folders
+
+
+def score_snapshots(args, data: Path, folder: Path) -> list[dict]:
+    """mIoU and pixel accuracy of a stage's last --score-last snapshots (step_N.pth), kept in
+    folder/eval_snapshots.json; the snapshots are deleted once scored (each holds a whole training state)."""
+    record = folder / "eval_snapshots.json"
+    if record.is_file():
+        return json.loads(record.read_text())
+    snapshots = sorted(folder.glob("step_*.pth"))[-args.score_last:]
+    if not snapshots:
+        raise ConfigError(f"{folder}: no step_*.pth snapshots to score (a run from an older demo?); "
+                          f"delete {folder} to train it again")
+    scores = []
+    for snap in snapshots:
+        json_path = folder / f"eval_{snap.stem}.json"
+        with contextlib.redirect_stdout(io.StringIO()):  # one line per snapshot, not eval_cs.py's table
+            eval_cs.main(_eval_argv(args, data, snap, json_path))
+        result = json.loads(json_path.read_text())
+        json_path.unlink()
+        scores.append({"step": int(snap.stem.split("_")[1]), "mIoU": result["mIoU"], "pixel_acc": result["pixel_acc"]})
+        print(f"snapshot {snap.name}: mIoU {100 * result['mIoU']:.2f}", flush=True)
+    write_text_atomic(record, json.dumps(scores, indent=2) + "\n")
+    for snap in folder.glob("step_*.pth"):
+        snap.unlink()
+    return scores
+
+
 def evaluate_all(args, data: Path, out: Path, finals: dict[str, Path]) -> dict[str, dict]:
     """Score each final.pth on the synthetic Cityscapes val with eval_cs.py; return the parsed JSONs."""
-    size = f"{args.size[0]},{args.size[1]}"
     results = {}
     for key, ckpt in finals.items():
         json_path = out / key / "eval_cityscapes_val.json"
-        argv = ["--restore-from", str(ckpt), "--data-dir", str(data / "cityscapes"), "--dataset", "cityscapes",
-                "--split", "val", "--input-size", size, "--batch-size", "8", "--device", args.device,
-                "--json", str(json_path), "--save-pred", str(out / key / "pred"), "--overwrite-pred",  # its own folder
-                "--no-progress"]
         print(f"\nevaluating {key}", flush=True)
-        eval_cs.main(argv)
+        eval_cs.main([*_eval_argv(args, data, ckpt, json_path), "--save-pred", str(out / key / "pred")])
         results[key] = json.loads(json_path.read_text())
     return results
+
+
+def _trained_on(folder: Path) -> str:
+    """Where a stage was trained, from its config.json (`describe_machine`), or 'unknown'."""
+    try:
+        env = json.loads((folder / "config.json").read_text())["environment"]
+    except (OSError, ValueError, KeyError):
+        return "unknown"
+    return describe_machine(env) if "cpu_capability" in env else "unknown"
+
+
+def seed_claims(rows: list[dict]) -> list[dict]:
+    """The paper's claims on one seed: the score difference (mIoU points) of each claim's two rows."""
+    by_key = {r["model"]: r for r in rows}
+    return [{"id": cid, "statement": text, "better": better, "worse": worse, "unit": "mIoU points",
+             "difference": 100 * (by_key[better]["mIoU_last"] - by_key[worse]["mIoU_last"]),
+             "difference_final": 100 * (by_key[better]["mIoU"] - by_key[worse]["mIoU"])}
+            for cid, text, better, worse in CLAIMS]
 
 
 def summarize(args, out: Path, results: dict[str, dict]) -> dict:
@@ -268,34 +346,51 @@ def summarize(args, out: Path, results: dict[str, dict]) -> dict:
     plan = {st.key: st for st in stages(args)}
     params = {"drn_d_22": count_parameters(build_seg_model("drn_d_22")),
               "drn_d_38": count_parameters(build_seg_model("drn_d_38"))}
+    env = environment()
     rows = []
     for key, res in results.items():
         arch = plan[key].script.ARCH
+        snaps = json.loads((out / key / "eval_snapshots.json").read_text())
         rows.append({"model": key, "title": plan[key].title, "arch": arch, "parameters": params[arch],
+                     "mIoU_last": sum(s["mIoU"] for s in snaps) / len(snaps),
+                     "pixel_acc_last": sum(s["pixel_acc"] for s in snaps) / len(snaps), "snapshots": snaps,
                      "mIoU": res["mIoU"], "pixel_acc": res["pixel_acc"], "mean_acc": res["mean_acc"],
-                     "per_class": res["per_class"]})
+                     "per_class": res["per_class"], "trained_on": _trained_on(out / key)})
+    score = f"mean mIoU of the last {args.score_last} snapshots (saved every 1/{SNAPSHOTS} of a row's steps)"
     summary = {
         "settings": {"size": list(args.size), "steps": args.steps, "teacher_steps": args.teacher_steps,
                      "batch_size": args.batch_size,
                      "learning_rate": args.learning_rate, "zero_init_residual": args.zero_init_residual,
                      "paradigm": args.paradigm, "seed": args.seed, "oracle": args.oracle,
-                     "quick": args.quick, "num_train": args.num_train, "num_val": args.num_val},
+                     "quick": args.quick, "num_train": args.num_train, "num_val": args.num_val,
+                     "score_last": args.score_last, "snapshots": SNAPSHOTS},
         "note": ("smoke run (--quick): numbers are not meaningful" if args.quick else
-                 "synthetic benchmark, random init; see README for the 3-seed summary"),
+                 "synthetic benchmark, random init; see README for the summary over seeds"),
+        "score": score,
+        "environment": env,
+        "machine": describe_machine(env),
         "models": rows,
+        "claims": seed_claims(rows),
     }
     write_text_atomic(out / "results.json", json.dumps(summary, indent=2) + "\n")
-    head = ["model", "params", "mIoU", "pixel acc", *SHOW_CLASSES]
+    head = ["model", "params", "mIoU (score)", "mIoU (final)", "pixel acc", *SHOW_CLASSES]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         ious = [r["per_class"].get(c) for c in SHOW_CLASSES]
-        cells = [r["title"], f"{r['parameters'] / 1e6:.2f} M", f"{100 * r['mIoU']:.1f}", f"{100 * r['pixel_acc']:.1f}",
-                 *("-" if v is None else f"{100 * v:.1f}" for v in ious)]
+        cells = [r["title"], f"{r['parameters'] / 1e6:.2f} M", f"{100 * r['mIoU_last']:.1f}", f"{100 * r['mIoU']:.1f}",
+                 f"{100 * r['pixel_acc']:.1f}", *("-" if v is None else f"{100 * v:.1f}" for v in ious)]
         lines.append("| " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
-    write_text_atomic(out / "results.md", f"# Demo results (synthetic GTA5 -> Cityscapes val)\n\n{summary['note']}\n\n"
-                                           f"{table}\n")
-    print("\n" + table)
+    claims = ["| claim | difference (score) | difference (final) |", "|---|---|---|"]
+    claims += [f"| ({c['id']}) {c['statement']} | {c['difference']:+.1f} | {c['difference_final']:+.1f} |"
+               for c in summary["claims"]]
+    table, claim_table = "\n".join(lines), "\n".join(claims)
+    write_text_atomic(
+        out / "results.md",
+        f"# Demo results (synthetic GTA5 -> Cityscapes val, seed {args.seed})\n\n{summary['note']}\n\n"
+        f"Computed with {summary['machine']}. Score: {score}; final: the final weights; per-class IoU and pixel "
+        f"accuracy of the final weights.\n\n{table}\n\n## Claims\n\nDifference of the two rows (mIoU points) "
+        f"on this seed; `--seeds` with several seeds gives each claim an interval.\n\n{claim_table}\n")
+    print(f"\n{table}\n\n{claim_table}\n\n({summary['machine']}; score: {score})")
     if args.quick:
         print("\n(--quick: a smoke run; the numbers are not meaningful)")
     return summary
@@ -333,31 +428,73 @@ def run_one(args, out: Path) -> dict:
     return summary
 
 
-def _sd(values: list[float]) -> float:
-    import statistics
+METHOD_NOTE = f"{100 * LEVEL:.0f}% {METHOD}; verdict: holds / reversed when the interval lies above / below 0"
 
+
+def _sd(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summarize_seeds(out: Path, summaries: dict[int, dict]) -> str:
-    """Mean and sample standard deviation of each row over seeds, to OUT/summary.{json,md}; returns the table."""
-    import statistics
+def judge(better: list[float], worse: list[float]) -> dict:
+    """A claim's paired per-seed statistics (utils.claims) with its verdict."""
+    stats = paired_difference(better, worse, LEVEL)
+    return {**stats, "verdict": verdict(stats)}
 
+
+def claim_row(label: str, stats: dict) -> str:
+    """One markdown row: label, per-seed differences, mean, std, interval, verdict."""
+    per_seed = " / ".join(f"{d:+.1f}" for d in stats["differences"])
+    if stats["interval"] is None:
+        return f"| {label} | {per_seed} | {stats['mean']:+.1f} | - | - | {stats['verdict']} |"
+    low, high = stats["interval"]
+    return (f"| {label} | {per_seed} | {stats['mean']:+.1f} | {stats['std']:.1f} | [{low:+.1f}, {high:+.1f}] | "
+            f"{stats['verdict']} |")
+
+
+def claims_table(rows: list[tuple[str, dict]], seeds: list[int]) -> str:
+    """A markdown table of claim rows: (label, judged statistics)."""
+    head = [f"| claim | per-seed difference (seeds {', '.join(map(str, seeds))}) | mean | std | "
+            f"{100 * LEVEL:.0f}% interval | verdict |", "|---|---|---|---|---|---|"]
+    return "\n".join(head + [claim_row(label, stats) for label, stats in rows])
+
+
+def summarize_seeds(out: Path, summaries: dict[int, dict]) -> str:
+    """Each row's mean and sample std over seeds, and each claim's paired per-seed differences with their mean,
+    std and Student-t interval, to OUT/summary.{json,md}; returns the markdown."""
     seeds = sorted(summaries)
-    first = summaries[seeds[0]]["models"]
-    rows, table = [], ["| model | mIoU (mean ± std) | pixel acc (mean ± std) | per seed mIoU |", "|---|---|---|---|"]
-    for i, model in enumerate(first):
-        mious = [100 * summaries[s]["models"][i]["mIoU"] for s in seeds]
-        accs = [100 * summaries[s]["models"][i]["pixel_acc"] for s in seeds]
-        rows.append({"model": model["model"], "title": model["title"], "mIoU": mious, "pixel_acc": accs,
-                     "mIoU_mean": statistics.fmean(mious), "mIoU_std": _sd(mious),
-                     "pixel_acc_mean": statistics.fmean(accs), "pixel_acc_std": _sd(accs)})
-        table.append(f"| {model['title']} | {statistics.fmean(mious):.1f} ± {_sd(mious):.1f} | "
-                     f"{statistics.fmean(accs):.1f} ± {_sd(accs):.1f} | {' / '.join(f'{m:.1f}' for m in mious)} |")
-    text = "\n".join(table)
-    settings = summaries[seeds[0]]["settings"]
-    write_text_atomic(out / "summary.json",
-                      json.dumps({"seeds": seeds, "settings": settings, "models": rows}, indent=2))
+    first = summaries[seeds[0]]
+    machines = sorted({summaries[s]["machine"] for s in seeds} |
+                      {r["trained_on"] for s in seeds for r in summaries[s]["models"]})
+    rows = []
+    table = ["| model | mIoU, score (mean ± std) | per seed | mIoU, final (mean ± std) | pixel acc, final |",
+             "|---|---|---|---|---|"]
+    for i, model in enumerate(first["models"]):
+        values = {key: [100 * summaries[s]["models"][i][key] for s in seeds]
+                  for key in ("mIoU_last", "mIoU", "pixel_acc")}
+        rows.append({"model": model["model"], "title": model["title"], **values,
+                     **{f"{key}_mean": statistics.fmean(v) for key, v in values.items()},
+                     **{f"{key}_std": _sd(v) for key, v in values.items()}})
+        last, final, acc = values["mIoU_last"], values["mIoU"], values["pixel_acc"]
+        table.append(f"| {model['title']} | {statistics.fmean(last):.1f} ± {_sd(last):.1f} | "
+                     f"{' / '.join(f'{m:.1f}' for m in last)} | {statistics.fmean(final):.1f} ± {_sd(final):.1f} | "
+                     f"{statistics.fmean(acc):.1f} ± {_sd(acc):.1f} |")
+    by_key = {r["model"]: r for r in rows}
+    claims = []
+    for cid, text, better, worse in CLAIMS:
+        claims.append({"id": cid, "statement": text, "better": better, "worse": worse, "unit": "mIoU points",
+                       **judge(by_key[better]["mIoU_last"], by_key[worse]["mIoU_last"]),
+                       "final": judge(by_key[better]["mIoU"], by_key[worse]["mIoU"])})
+    claim_rows = []
+    for c in claims:
+        claim_rows += [(f"({c['id']}) {c['statement']}", c), (f"({c['id']}), final weights", c["final"])]
+    settings = {k: v for k, v in first["settings"].items() if k != "seed"}
+    summary = {"seeds": seeds, "settings": settings, "score": first["score"], "machines": machines,
+               "models": rows, "claims": claims}
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    mixed = "**mixed machines**: " if len(machines) > 1 else ""
+    text = (f"{mixed}computed with {'; '.join(machines)}. Score: {first['score']}.\n\n" + "\n".join(table) +
+            f"\n\nClaims: per-seed difference of the two rows (mIoU points), its mean, sample std and "
+            f"{METHOD_NOTE}.\n\n" + claims_table(claim_rows, seeds))
     write_text_atomic(out / "summary.md", f"# Demo over seeds {', '.join(map(str, seeds))}\n\n{text}\n")
     return text
 
@@ -480,6 +617,57 @@ def summarize_grid(out: Path, runs: dict[tuple[float, int], Path], plan: dict, s
     return summary
 
 
+def combine(dirs: list[Path], out: Path) -> str:
+    """Multi-seed summaries of the same demo on different machines side by side: each machine's claims, the
+    claims on the per-seed mean over machines, and how far a machine moves each row; to OUT/combined.{json,md}."""
+    summaries = []
+    for folder in dirs:
+        path = folder / "summary.json"
+        try:
+            summaries.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"--combine {folder}: no readable summary.json there (run demo.py with several "
+                              f"--seeds and --out {folder} first)") from err
+    for folder, other in zip(dirs[1:], summaries[1:]):
+        for key in ("seeds", "settings", "score"):
+            if other[key] != summaries[0][key]:
+                raise ConfigError(f"--combine {folder}: its {key} differ from those of {dirs[0]}; only runs of the "
+                                  "same demo on the same seeds can be compared seed by seed")
+    seeds = summaries[0]["seeds"]
+    labels = [" + ".join(s["machines"]) for s in summaries]
+    per_machine = [(f"({c['id']}) on {label}", c) for s, label in zip(summaries, labels) for c in s["claims"]]
+    pooled = []
+    for cid, text, better, worse in CLAIMS:
+        mean_of = {key: [statistics.fmean(next(r for r in s["models"] if r["model"] == key)["mIoU_last"][i]
+                                          for s in summaries) for i in range(len(seeds))] for key in (better, worse)}
+        pooled.append({"id": cid, "statement": text, "better": better, "worse": worse, "unit": "mIoU points",
+                       **judge(mean_of[better], mean_of[worse])})
+    effect = []
+    for i, row in enumerate(summaries[0]["models"]):
+        for s, label in zip(summaries[1:], labels[1:]):
+            effect.append({"model": row["model"], "title": row["title"], "machines": [label, labels[0]],
+                           "seed_std": row["mIoU_last_std"],
+                           **paired_difference(s["models"][i]["mIoU_last"], row["mIoU_last"], LEVEL)})
+    result = {"seeds": seeds, "settings": summaries[0]["settings"], "score": summaries[0]["score"],
+              "folders": [str(d) for d in dirs], "machines": labels, "claims_per_machine":
+              [{"machine": label, "claims": s["claims"]} for s, label in zip(summaries, labels)],
+              "claims_pooled": pooled, "machine_effect": effect}
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "combined.json", json.dumps(result, indent=2) + "\n")
+    effect_table = ["| model | per-seed difference | mean | std | seed std (first machine) |", "|---|---|---|---|---|"]
+    effect_table += [f"| {e['title']}: {e['machines'][0]} - {e['machines'][1]} | "
+                     f"{' / '.join(f'{d:+.1f}' for d in e['differences'])} | {e['mean']:+.1f} | "
+                     f"{e['std']:.1f} | {e['seed_std']:.1f} |" for e in effect]
+    text = (f"Score: {result['score']}. Claims: {METHOD_NOTE}.\n\n## Each machine\n\n"
+            + claims_table(per_machine, seeds) + "\n\n## Both machines: each seed's difference averaged over the "
+            "machines\n\n" + claims_table([(f"({c['id']}) {c['statement']}", c) for c in pooled], seeds)
+            + "\n\n## The machine's effect: a row's score on one machine minus the same seed's on the other\n\n"
+            + "\n".join(effect_table))
+    write_text_atomic(out / "combined.md", f"# Demo on {len(dirs)} machines, seeds {', '.join(map(str, seeds))}\n\n"
+                                     f"{text}\n")
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the whole demo (once per seed)."""
     args = parse_args(argv)
@@ -487,6 +675,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     # On a small CPU, compute threads that compete with the loader workers spin-wait for each other:
     # one thread per free core is several times faster than oversubscribing (measured on 2 cores).
+    if args.combine:
+        print(combine([Path(d) for d in args.combine], out))
+        return 0
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) - args.num_workers))
     if grid is not None:
         selection_grid(args, out / "selection_grid", tuple(grid) or GRID_SEEDS)

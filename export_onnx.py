@@ -40,6 +40,7 @@ from utils.cli import ArgumentParser, check_output, finite_float, one_line, posi
 from utils.errors import ConfigError
 from utils.evaluate import eval_collate, evaluate, load_net
 from utils.files import write_text_atomic
+from utils.logger import describe_machine, environment
 from utils.onnx_net import OnnxSegNet, ort_session, require
 from utils.quantize import CALIB_COUNT, calibration_files, int8_path, quantize_int8
 
@@ -225,11 +226,11 @@ def latency_ms(net: nn.Module, size: tuple[int, int], runs: int = RUNS, session=
 
 
 def model_card(name: str, net: nn.Module, args, session=None, int8_session=None) -> dict:
-    """Parameters, GFLOPs and latency of one net."""
+    """Parameters, GFLOPs and latency of one net, and the machine (torch, CPU capability, GPU) that measured them."""
     aux_params = count_parameters(net.aux_head) if hasattr(net, "aux_head") else 0
     card = {"name": name, "arch": getattr(net, "arch", None), "aux_layer": getattr(net, "aux_layer", None),
             "params": count_parameters(net), "params_inference": count_parameters(net) - aux_params,
-            "gflops": gflops(net, args.card_size), "card_size": list(args.card_size)}
+            "gflops": gflops(net, args.card_size), "card_size": list(args.card_size), "environment": environment()}
     if not args.no_latency:
         card["latency"] = latency_ms(net, args.latency_size, args.runs, session, int8_session)
     return card
@@ -254,6 +255,8 @@ def format_cards(cards: list[dict]) -> str:
         lat = cards[0]["latency"]
         lines.append(f"latency: median of {lat['runs']} runs, batch 1 at {lat['size'][0]}x{lat['size'][1]}, "
                      f"CPU, {lat['threads']} threads; GFLOPs = 2 x conv multiply-adds")
+    if cards and "environment" in cards[0]:
+        lines.append(f"machine: {describe_machine(cards[0]['environment'])}")
     return "\n".join(lines)
 
 

@@ -13,9 +13,22 @@ REPO = Path(__file__).resolve().parent.parent
 
 # The tests run tiny tensors, where extra threads cost more than they give, and they start subprocesses:
 # one compute thread per process keeps a small CPU from being oversubscribed (OpenMP threads that share a
-# core spin-wait for each other and run several times slower).
-os.environ["OMP_NUM_THREADS"] = "1"
-torch.set_num_threads(1)
+# core spin-wait for each other and run several times slower). An explicit OMP_NUM_THREADS is kept, so that
+# the float-sensitive tests can be run with another thread count's summation order (docs/robustness.md).
+_threads = os.environ.get("OMP_NUM_THREADS", "")
+if not _threads.isdigit() or int(_threads) < 1:
+    os.environ["OMP_NUM_THREADS"] = _threads = "1"
+torch.set_num_threads(int(_threads))
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked `gpu` run only where CUDA is (benchmark.py --gpu runs them on a lent GPU)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (benchmark.py --gpu runs these where there is one)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 def run_script(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:

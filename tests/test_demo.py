@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import torch
+
 import train_gta2cs_multi_drnd22 as student_script
 import train_gta2cs_multi_drnd38 as teacher_script
 import train_gta2cs_ts_multi as distill_script
@@ -22,6 +25,24 @@ def test_quick_demo_writes_results_for_every_model_through_the_training_scripts(
     assert models["teacher"]["parameters"] > models["student"]["parameters"]
     for name in ("results.md", "per_class_iou.png", "qualitative.png"):
         assert (out / name).stat().st_size > 0, name
+
+    # Each row is scored as the mean of its last 4 snapshots (here every step of 4), the last being the final
+    # weights; the snapshots are gone once scored.
+    for key, row in models.items():
+        assert [s["step"] for s in row["snapshots"]] == [1, 2, 3, 4], key
+        assert row["snapshots"][-1]["mIoU"] == row["mIoU"]
+        assert row["mIoU_last"] == pytest.approx(sum(s["mIoU"] for s in row["snapshots"]) / 4)
+        assert not list((out / key).glob("step_*.pth"))
+    # The claims on this seed, and where it ran: the demo's process and every stage's config.json
+    claims = {c["id"]: c for c in summary["claims"]}
+    assert (claims["i"]["better"], claims["i"]["worse"]) == ("student", "source_only")
+    assert claims["i"]["difference"] == pytest.approx(100 * (models["student"]["mIoU_last"] -
+                                                             models["source_only"]["mIoU_last"]))
+    assert claims["ii"]["difference_final"] == pytest.approx(100 * (models["dakd"]["mIoU"] - models["student"]["mIoU"]))
+    assert summary["environment"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert summary["machine"].startswith(f"torch {torch.__version__}, CPU {summary['environment']['cpu_capability']}")
+    assert all(row["trained_on"] == summary["machine"] for row in models.values())
+    assert "## Claims" in (out / "results.md").read_text() and summary["settings"]["num_val"] == 8
 
     def config(stage: str) -> dict:
         return json.loads((out / stage / "config.json").read_text())["config"]
@@ -52,15 +73,13 @@ def test_quick_demo_writes_results_for_every_model_through_the_training_scripts(
     assert summary["models"][4]["arch"] == "drn_d_38" and summary["settings"]["oracle"] is True
     oracle = config("oracle_teacher")
     assert oracle["script"] == "train_gta2cs_multi_drnd38.py" and oracle["source"] == "cityscapes"
-    assert oracle["data_dir"] == str(data / "64x32_n16_s0" / "cityscapes") and oracle["source_split"] == "train"
+    assert oracle["data_dir"] == str(data / "64x32_n16_v8_s0" / "cityscapes") and oracle["source_split"] == "train"
     assert oracle["lambda_adv_aux"] == 0 and oracle["lambda_adv_main"] == 0
     assert config("oracle_dakd")["teacher"] == str(out / "oracle_teacher" / "final.pth")
     assert config("oracle_dakd")["data_dir"] == dakd["data_dir"]  # the student still learns from the source
 
 
 def test_an_out_folder_that_never_trained_a_stage_takes_new_settings(tmp_path):
-    import pytest
-
     import demo
     from utils.errors import ConfigError
 

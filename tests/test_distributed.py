@@ -4,7 +4,7 @@ Equivalence rule checked here: a run on W ranks with --batch-size B equals a sin
 --batch-size B --iter-size W (same global batch B x W x iter_size). Batch norm in train mode
 normalises over what one forward sees, so per-rank BN (W ranks x B) matches iter_size sub-batches
 of B exactly, and the comparison can be tight: parameters agree to float32 summation order
-(ATOL/RTOL below). BN running statistics are not compared with the single-process run (DDP keeps
+(UPDATE_RTOL below). BN running statistics are not compared with the single-process run (DDP keeps
 rank 0's, re-broadcast every forward; they take no part in a training step). With two listed images
 per domain, each epoch's permutation gives rank r the sample that sub-batch r gets in the single
 process, while the two ranks still see different images (so only gradient averaging keeps them
@@ -25,12 +25,18 @@ import torch
 
 from tests.conftest import REPO, tiny_train_args
 
-# float32 sums in another order (all-reduce vs accumulation); batch-norm backward at batch 1 on 8x4 maps
-# amplifies that to ~4e-6 on the first conv after two steps (measured), far below a step's own size
-ATOL, RTOL = 2e-5, 1e-3
-# Adam moves every element by up to ~lr_D whatever its gradient's size, so an element whose gradient is
-# ~0 can land anywhere within lr_D (measured: 6 of 19456 D2 weights off by 8e-5 for drnd38)
-ATOL_D = 1e-4
+# The two runs do the same arithmetic in another order (all-reduce vs accumulation), and how far apart that
+# leaves them depends on the CPU's kernels: two steps amplify float32 rounding (batch-norm backward at batch 1
+# on 8x4 maps; Adam steps every element by ~lr_D however small its gradient, so a discriminator weight whose
+# gradient is at rounding level steps either way). A constant picked on one machine failed on another (3.4e-5
+# on the first conv on an AVX2 machine against 2e-5 allowed), so the tolerance is relative to what training
+# did: the runs' changes since the common start differ by at most UPDATE_RTOL of the change's L2 norm, per
+# tensor for the student (SGD) and per discriminator (Adam's rare opposite step is judged against the whole
+# update). Measured worst with AVX-512, AVX2 and scalar kernels: 2.8e-3 (student tensor), 1.6e-3
+# (discriminator). Bugs it catches (tried): a sub-batch weighted 10% off (error 0.30), seg_aux or pseudo left
+# out of one sub-batch (0.34, 0.67), a discriminator's target half left out of one (0.90). A student's
+# adversarial term (weights 2e-4, 1e-3) moves two steps' update less than rounding does: not seen here.
+UPDATE_RTOL = 3e-2
 SCRIPTS = {
     "train_gta2cs_multi_drnd38.py": [],
     "train_gta2cs_multi_drnd22.py": [],
@@ -50,9 +56,13 @@ out, rank = {out!r}, os.environ.get("RANK", "0")
 held = {{}}
 wrap_ddp = run_module.wrap_ddp
 
+def states(net, discs):
+    parts = {{"net": net, "d1": discs[0], "d2": discs[1]}}
+    return {{name: {{k: v.clone() for k, v in unwrap(m).state_dict().items()}} for name, m in parts.items()}}
+
 def capture(*args, **kwargs):
     net, discs = wrap_ddp(*args, **kwargs)
-    held.update(net=net, discs=discs)
+    held.update(net=net, discs=discs, start=states(net, discs))  # where training starts from
     return net, discs
 
 def spy(module, name):
@@ -67,8 +77,7 @@ run_module.wrap_ddp = capture
 run_module.save_training_state = spy(run_module, "save_training_state")
 engine.save_final = spy(engine, "save_final")
 status = importlib.import_module({module!r}).main(sys.argv[1:])
-torch.save({{"net": unwrap(held["net"]).state_dict(), "d1": unwrap(held["discs"][0]).state_dict(),
-            "d2": unwrap(held["discs"][1]).state_dict()}}, os.path.join(out, "rank" + rank + ".pt"))
+torch.save({{**states(held["net"], held["discs"]), "start": held["start"]}}, os.path.join(out, "rank" + rank + ".pt"))
 sys.exit(status)
 """
 
@@ -121,6 +130,25 @@ def _params(state: dict) -> dict:
     return {k: v for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
 
 
+def _update_error(got: list[torch.Tensor], want: list[torch.Tensor], start: list[torch.Tensor]) -> float:
+    """||got - want|| / ||want - start|| over the tensors together: the error relative to the update since start."""
+    diff = sum(float((g.double() - w.double()).pow(2).sum()) for g, w in zip(got, want))
+    update = sum(float((w.double() - s.double()).pow(2).sum()) for w, s in zip(want, start))
+    return (diff / update) ** 0.5 if update else (0.0 if diff == 0 else float("inf"))
+
+
+def _assert_same_training(got: dict, want: dict, start: dict) -> None:
+    """`got` and `want` trained the same nets from `start`, up to float32 summation order (UPDATE_RTOL)."""
+    for part in ("net", "d1", "d2"):
+        params = _params(want[part])
+        assert all(torch.equal(start[part][k], got["start"][part][k]) for k in params), f"{part}: other start"
+        groups = [[k] for k in params] if part == "net" else [list(params)]
+        for keys in groups:
+            error = _update_error([got[part][k] for k in keys], [want[part][k] for k in keys],
+                                  [start[part][k] for k in keys])
+            assert error <= UPDATE_RTOL, f"{part}.{keys[0] if len(keys) == 1 else '*'}: update off by {error:.2e}"
+
+
 def _assert_ranks_equal_one_process(ddp: Path, single: Path) -> list[dict]:
     """Both ranks hold the same nets, and they equal the single process's (to summation order); returns them."""
     ranks = [torch.load(ddp / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
@@ -128,12 +156,11 @@ def _assert_ranks_equal_one_process(ddp: Path, single: Path) -> list[dict]:
     for part in ("net", "d1", "d2"):
         for key, value in _params(ranks[0][part]).items():
             assert torch.equal(value, ranks[1][part][key]), f"{part}.{key} differs between ranks"
-            atol = ATOL if part == "net" else ATOL_D
-            torch.testing.assert_close(value, reference[part][key], atol=atol, rtol=RTOL,
-                                       msg=lambda m, k=key, p=part: f"{p}.{k} vs single process: {m}")
+    _assert_same_training(ranks[0], reference, reference["start"])
     return ranks
 
 
+@pytest.mark.float_sensitive
 @pytest.mark.parametrize("script", list(SCRIPTS))
 def test_two_ranks_agree_with_each_other_and_with_one_process(script, setup):
     ddp, result = _run(setup, script, f"ddp_{script}", 2, ["--batch-size", "1"])
@@ -162,6 +189,7 @@ LEAVE_A_HEAD_OUT = {
 }
 
 
+@pytest.mark.float_sensitive
 @pytest.mark.parametrize("case", list(LEAVE_A_HEAD_OUT))
 def test_a_synced_pass_that_leaves_a_head_out_trains_under_ddp_and_matches_one_process(case, setup):
     # Without unused-parameter detection DDP stops at step 2: "Expected to have finished reduction in the
@@ -179,9 +207,10 @@ def test_distributed_run_resumes_where_it_stopped(setup):
     resumed, _ = _run(setup, script, "resumed", 2, ["--batch-size", "1", "--resume", str(first / "run" / "last.pth")])
     a = torch.load(straight / "rank0.pt", weights_only=True)
     b = [torch.load(resumed / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-    for key, value in _params(a["net"]).items():
-        assert torch.equal(b[0]["net"][key], b[1]["net"][key])
-        torch.testing.assert_close(b[0]["net"][key], value, atol=ATOL, rtol=RTOL)
+    for part in ("net", "d1", "d2"):  # the same arithmetic in the same order: bit-identical on any CPU
+        for key, value in _params(a[part]).items():
+            assert torch.equal(b[0][part][key], b[1][part][key])
+            assert torch.equal(b[0][part][key], value), f"{part}.{key}"
 
 
 def test_sync_bn_on_cpu_is_a_one_line_error():

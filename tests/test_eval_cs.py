@@ -96,6 +96,7 @@ def test_both_protocols_run_and_score_different_pixel_counts(checkpoint, synthet
     assert small["protocol"]["label_size"] == "input"
 
 
+@pytest.mark.float_sensitive  # bf16 runs natively on AVX-512-BF16 CPUs, emulated elsewhere
 def test_bf16_channels_last_scores_like_fp32(checkpoint, synthetic_root):
     plain = run_eval(checkpoint, synthetic_root / "cityscapes")
     fast = run_eval(checkpoint, synthetic_root / "cityscapes", "--amp", "bf16", "--channels-last")
@@ -104,14 +105,17 @@ def test_bf16_channels_last_scores_like_fp32(checkpoint, synthetic_root):
     assert abs(fast["pixel_acc"] - plain["pixel_acc"]) < 0.05  # bf16 moves a few near-tie pixels
 
 
+@pytest.mark.float_sensitive
 def test_fold_bn_scores_like_the_plain_net_and_is_recorded(checkpoint, synthetic_root):
     plain = run_eval(checkpoint, synthetic_root / "cityscapes")
     folded = run_eval(checkpoint, synthetic_root / "cityscapes", "--fold-bn")
     assert folded["protocol"]["fold_bn"] is True and plain["protocol"]["fold_bn"] is False
-    # the same arithmetic up to float rounding: at most a near-tie pixel or two may flip
-    diff = (np.asarray(folded["confusion"]) - np.asarray(plain["confusion"])).__abs__().sum()
-    assert diff <= 4
-    assert folded["mIoU"] == pytest.approx(plain["mIoU"], abs=1e-3)
+    # The same arithmetic up to float rounding, so a pixel changes class only at a near tie of its two best
+    # classes: none did with AVX-512, AVX2 or scalar kernels, 2 of 7616 with a fold that drops batch norm's
+    # eps (test_model_fold catches that one). At most 0.1% of the pixels, whatever the CPU; one that
+    # dropped batch norm moved 7568 of 7616 (tried). A moved pixel counts twice in the confusion difference.
+    moved = (np.asarray(folded["confusion"]) - np.asarray(plain["confusion"])).__abs__().sum() / 2
+    assert moved <= 1e-3 * plain["num_pixels"]
 
 
 def test_tta_and_limit_score_the_first_images_with_flip_and_scales(checkpoint, synthetic_root):

@@ -130,6 +130,9 @@ CASES = [
     ("demo-data-dir-is-a-file", ["demo.py", "--quick", "--out", "{out}/d", "--data-dir", "{file}"], "--data-dir"),
     ("demo-size-too-small", ["demo.py", "--quick", "--out", "{out}/d", "--size", "64,16"], "--size 64,16"),
     ("demo-negative-lr", ["demo.py", "--quick", "--out", "{out}/d", "--learning-rate", "-1"], "--learning-rate"),
+    ("demo-score-last-too-many", ["demo.py", "--quick", "--out", "{out}/d", "--score-last", "13"], "--score-last 13"),
+    ("demo-combine-no-summary", ["demo.py", "--combine", "{ws}/nope", "{out}", "--out", "{out}/c"],
+     "--combine {ws}/nope: no readable summary.json"),
     ("d22-input-size-below-discriminator", [D22, *TRAIN, "--input-size-target", "64,16"], "--input-size-target"),
     # non-finite numbers: every float flag of every script refuses them before anything is written
     ("d22-learning-rate-nan", [D22, *TRAIN, "--learning-rate", "nan"],

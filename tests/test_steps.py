@@ -4,11 +4,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from model import Discriminator, build_seg_model
+from tests.tolerances import relative_error
 from utils.config import TrainConfig
 from utils.objective import ADAPTATION, PARADIGMS, build_objective, knobs_of
 from utils.optim import Optimisers, poly_lr
@@ -68,6 +70,13 @@ def test_gradients_reach_every_student_parameter_and_no_frozen_teacher_parameter
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
 
 
+# The sub-batches' gradients, accumulated, equal the whole batch's up to float32 summation order: measured
+# at most 1.1e-6 of each tensor's gradient norm with AVX-512, AVX2 and scalar kernels, 1 or 2 threads. The
+# bound is 100 times that; a sub-batch weighted 1% off is 7e-3 away (tried).
+ITER_SIZE_RTOL = 1e-4
+
+
+@pytest.mark.float_sensitive
 def test_iter_size_accumulates_the_mean_of_the_sub_batches():
     net, step, optimisers = _step(_objective(**SOURCE_ONLY))
     a, b = _batch(0), _batch(1)
@@ -78,7 +87,9 @@ def test_iter_size_accumulates_the_mean_of_the_sub_batches():
     optimisers.zero_grad()
     step([merged], [])
     whole = [p.grad.clone() for p in net.parameters()]
-    assert all(torch.allclose(s, w, atol=1e-5) for s, w in zip(split, whole))
+    errors = {name: relative_error(s, w) for (name, _), s, w in zip(net.named_parameters(), split, whole)}
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= ITER_SIZE_RTOL, f"{worst}: accumulated gradient off by {errors[worst]:.2e} of its norm"
 
 
 def test_poly_schedule_endpoints():

@@ -137,6 +137,8 @@ class TrainConfig(Knobs):
                        resume="may_change")
     channels_last: bool = setting(False, SWITCH, "channels-last memory format (faster convolutions on GPUs and "
                                   "bf16 CPUs)", "run", resume="may_change")
+    compile: bool = setting(False, SWITCH, "torch.compile the nets (the first steps compile; "
+                            "docs/scaling.md#gpu-check)", "run", resume="may_change")
     sync_bn: bool = setting(False, SWITCH, "batch-norm statistics over every GPU (torchrun)", "run",
                             resume="may_change")
     dist_timeout: int = setting(60, POSITIVE_INT, "minutes a rank waits for the others (rank 0 validates and saves "

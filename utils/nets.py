@@ -20,7 +20,7 @@ from model import (
 from utils.config import TrainConfig
 from utils.errors import CheckpointError, ConfigError
 from utils.objective import Objective
-from utils.runtime import DistInfo, once_per_node
+from utils.runtime import DistInfo, compile_nets, once_per_node
 from utils.steps import freeze_teacher
 
 
@@ -50,6 +50,7 @@ def build_nets(cfg: TrainConfig, device: torch.device, info: DistInfo):
         net = net.to(memory_format=torch.channels_last)
         if teacher is not None:
             teacher = teacher.to(memory_format=torch.channels_last)
+    compile_nets((net, teacher), enabled=cfg.compile)
     return net, discs, teacher
 
 

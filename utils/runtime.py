@@ -7,7 +7,7 @@ import functools
 import os
 import random
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,6 +66,17 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
         raise ConfigError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
     check_amp_device(device, amp)
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def compile_nets(nets: Iterable[nn.Module | None], enabled: bool = True, backend: str = "inductor") -> None:
+    """`--compile`: compile each net's forward with `torch.compile`, in place (`nn.Module.compile`), so that
+    its class, state-dict keys, checkpoints and DDP wrapping stay as they are. None entries are skipped;
+    nothing happens unless `enabled`. The first steps compile (a graph per input size and precision)."""
+    if not enabled:
+        return
+    for net in nets:
+        if net is not None:
+            net.compile(backend=backend)
 
 
 def unwrap(module: nn.Module) -> nn.Module:
