@@ -8,19 +8,11 @@ import pytest
 import torch
 
 import export_onnx
-from model import build_seg_model, save_final
+from model import build_seg_model
 from tests.tolerances import assert_as_accurate
 from utils.errors import ConfigError
 
 TINY = ["--card-size", "64,32", "--latency-size", "64,32", "--runs", "1", "--check-sizes", "64,32 40,24"]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "final.pth"
-    save_final(str(path), build_seg_model("drn_d_22"))
-    return path
 
 
 @pytest.mark.float_sensitive

@@ -13,17 +13,8 @@ import torch
 from PIL import Image
 
 import predict
-from model import build_seg_model, save_final
 from utils.cli import run_cli
 from utils.errors import ConfigError, DatasetError
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "final.pth"
-    save_final(str(path), build_seg_model("drn_d_22"))
-    return path
 
 
 @pytest.fixture()

@@ -11,7 +11,7 @@ import torch
 import train_gta2cs_multi_drnd22 as student_script
 import train_gta2cs_multi_drnd38 as teacher_script
 import train_gta2cs_ts_multi as distill_script
-from model import build_seg_model, save_final
+from model import build_seg_model
 from tests.conftest import run_script, tiny_train_args
 from utils.cli import run_cli
 from utils.errors import CheckpointError, ConfigError
@@ -24,15 +24,6 @@ def _terms(folder: Path, phase: str | None = None) -> set[str]:
         if phase is None or rec.get("phase") == phase:
             keys |= set(rec) - {"step", "time", "phase"}
     return keys
-
-
-@pytest.fixture(scope="module")
-def teacher_ckpt(tmp_path_factory) -> Path:
-    """An (untrained) DRN-D-38 teacher in final.pth form."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("teacher") / "final.pth"
-    save_final(path, build_seg_model("drn_d_38"))
-    return path
 
 
 @pytest.fixture
