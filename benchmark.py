@@ -33,7 +33,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.loader import label_work_seconds, loader_throughput, old_label_work, our_label_work
 from bench.oldway import OldWayStep, id_table, old_eval_pipeline, old_remap, old_way_objective
-from bench.timing import timed
 from dataset import build_dataset
 from dataset.decode import read_label
 from model import Discriminator, build_seg_model, count_parameters, fold_batchnorm
@@ -44,6 +43,7 @@ from utils.evaluate import eval_collate, evaluate
 from utils.objective import ADAPTATION, PARADIGMS, build_objective, knob_values
 from utils.runtime import autocast, resolve_device
 from utils.steps import TrainStep
+from utils.timing import timed
 
 SIZE = (512, 256)            # (w, h) of training and evaluation inputs
 BATCH_SIZE = 2

@@ -7,7 +7,7 @@ and folded batch norms; onnxruntime fp32; onnxruntime int8 (static QDQ, per-chan
 Every form computes the main head's logits at the input's size: the PyTorch forms with `main_logits`
 (predict.py's path), the graphs as export_onnx.py --logits writes them. Each row gives milliseconds
 (median and min over the repeats, taken round-robin over the forms), frames per second and achieved
-GFLOP/s (export_onnx.gflops: 2 x multiply-adds, the same count for every number type), and that as a
+GFLOP/s (utils.flops.gflops: 2 x multiply-adds, the same count for every number type), and that as a
 share of the roof of its number type, measured in the same process (at its start and its end; the better
 of the two): a large fp32 and bf16 matrix product in torch, and a large uint8 x int8 matrix product
 (MatMulInteger) through onnxruntime. Calibration images for int8: synthetic Cityscapes frames (the speed
@@ -26,10 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.timing import timed
 from model import build_seg_model, fold_batchnorm
+from utils.flops import gflops
+from utils.onnx_export import export
 from utils.onnx_net import ort_session, require
+from utils.quantize import quantize_int8
 from utils.predictions import write_text_atomic
+from utils.timing import timed
 
 NETS = (("student", "drn_d_22"), ("teacher", "drn_d_38"))
 SIZES = ((1024, 512), (2048, 1024))
@@ -109,9 +112,6 @@ def measure_roof(n: int, repeats: int, folder: Path, threads: int) -> dict[str, 
 def make_forms(net: torch.nn.Module, folder: Path, calib_dir: Path, calib_size: tuple[int, int],
                threads: int) -> dict[str, Callable[[torch.Tensor], object]]:
     """One callable per form in `FORMS`, each running the main head on a (1, 3, H, W) float image."""
-    from export_onnx import export
-    from utils.quantize import quantize_int8
-
     fp32_path = export(net, folder / f"{net.arch}.onnx", logits=True)
     int8_path = folder / f"{net.arch}.int8.onnx"
     quantize_int8(fp32_path, int8_path, calib_dir, calib_size, CALIB_COUNT)
@@ -146,8 +146,6 @@ def calibration_folder(folder: Path, size: tuple[int, int]) -> Path:
 def measure(sizes=SIZES, roof_n: int = ROOF_N, repeats: int = REPEATS, calib_size=CALIB_SIZE,
             nets=NETS) -> dict:
     """Every (net, size, form) row and the roof, measured in this process; returns both."""
-    from export_onnx import gflops
-
     threads = torch.get_num_threads()
     timings = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -10,6 +10,9 @@ import torch
 import export_onnx
 from model import build_seg_model, save_final
 from utils.errors import ConfigError
+from utils.flops import gflops
+from utils.onnx_export import export
+from utils.onnx_net import require
 
 TINY = ["--card-size", "64,32", "--latency-size", "64,32", "--runs", "1", "--check-sizes", "64,32 40,24"]
 
@@ -49,13 +52,13 @@ def test_with_aux_exports_both_heads_and_compares_a_teacher(checkpoint, tmp_path
 
 def test_gflops_grow_with_the_pixel_count():
     net = build_seg_model("drn_d_22")
-    small, big = export_onnx.gflops(net, (64, 32)), export_onnx.gflops(net, (128, 64))
+    small, big = gflops(net, (64, 32)), gflops(net, (128, 64))
     assert big == pytest.approx(4 * small, rel=1e-6)
 
 
 def test_missing_optional_dependency_is_a_clear_config_error():
     with pytest.raises(ConfigError, match="pip install onnx onnxruntime"):
-        export_onnx.require("onnxruntime_that_does_not_exist")
+        require("onnxruntime_that_does_not_exist")
 
 
 def test_no_checkpoint_and_no_arch_is_a_config_error(tmp_path):
@@ -100,7 +103,7 @@ def test_an_interrupted_export_leaves_no_partial_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.onnx, "export", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        export_onnx.export(build_seg_model("drn_d_22").eval(), tmp_path / "net.onnx")
+        export(build_seg_model("drn_d_22").eval(), tmp_path / "net.onnx")
     assert list(tmp_path.iterdir()) == []
 
 

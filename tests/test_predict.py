@@ -199,8 +199,8 @@ def test_a_file_that_is_not_a_video_is_one_line_exit_2(checkpoint, tmp_path, cap
 @pytest.fixture(scope="module")
 def onnx_model(checkpoint, tmp_path_factory) -> Path:
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (optional: pip install onnxruntime)")
-    from export_onnx import export
     from utils.evaluate import load_net
+    from utils.onnx_export import export
 
     return export(load_net(str(checkpoint)), tmp_path_factory.mktemp("onnx") / "student.onnx")
 
