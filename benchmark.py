@@ -36,11 +36,12 @@ from bench.oldway import OldWayStep, id_table, old_eval_pipeline, old_remap, old
 from dataset import build_dataset
 from dataset.decode import read_label
 from model import Discriminator, build_seg_model, count_parameters, fold_batchnorm
-from utils.cli import ArgumentParser, non_negative_int, positive_int, run_cli, size_arg
+from utils.cli import ArgumentParser, check_output, non_negative_int, positive_int, run_cli, size_arg
 from utils.config import TrainConfig
 from utils.engine import make_optimizers
 from utils.evaluate import eval_collate, evaluate
 from utils.objective import ADAPTATION, PARADIGMS, build_objective, knob_values
+from utils.predictions import write_text_atomic
 from utils.runtime import autocast, resolve_device
 from utils.steps import TrainStep
 from utils.timing import timed
@@ -342,6 +343,8 @@ def parse_args(argv: Sequence[str] | None):
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure everything and print the table (and write --json)."""
     args = parse_args(argv)
+    if args.json:
+        check_output(args.json, "--json")  # before minutes of measurement, not after
     if args.deploy:
         from bench.deploy import run
 
@@ -368,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         info = {"size": list(args.size), "batch_size": args.batch_size, "repeats": args.repeats,
                 "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads()}
-        Path(args.json).write_text(json.dumps({"config": info, "rows": table.rows}, indent=1))
+        write_text_atomic(args.json, json.dumps({"config": info, "rows": table.rows}, indent=1) + "\n")
     return 0
 
 

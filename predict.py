@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from dataset.decode import IMAGE_SUFFIXES, list_images, read_image
+from dataset.labels import PALETTE
 from dataset.transforms import resize_pair, to_normalized
 from model import fold_batchnorm
 from utils.cli import ArgumentParser, add_checkpoint_reader_flags, check_output, positive_int, run_cli, size_arg
@@ -114,7 +115,7 @@ def load_model(args, device: torch.device) -> torch.nn.Module:
         if args.device not in ("auto", "cpu") or args.amp != "off" or args.fold_bn or args.channels_last:
             raise ConfigError("--onnx runs on the CPU with onnxruntime: drop --device, --amp, --fold-bn and "
                               "--channels-last")
-        return OnnxSegNet(args.onnx, args.threads)
+        return OnnxSegNet(args.onnx, args.threads, num_classes=len(PALETTE))  # a graph of scores per class
     net = load_net(args.restore_from, arch=args.arch, allow_pickle=args.allow_pickle, device=device)
     if args.fold_bn:
         net = fold_batchnorm(net)

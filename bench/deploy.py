@@ -30,8 +30,8 @@ from model import build_seg_model, fold_batchnorm
 from utils.flops import gflops
 from utils.onnx_export import export
 from utils.onnx_net import ort_session, require
-from utils.quantize import quantize_int8
 from utils.predictions import write_text_atomic
+from utils.quantize import quantize_int8
 from utils.timing import timed
 
 NETS = (("student", "drn_d_22"), ("teacher", "drn_d_38"))

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import run_script
 
 ROWS = [
@@ -90,3 +92,20 @@ def test_int8_roof_graph_is_a_valid_matmulinteger_model():
 
     model = int8_matmul_graph(8)
     assert [n.op_type for n in model.graph.node] == ["MatMulInteger"]
+
+
+def test_an_unwritable_json_path_stops_before_any_measurement(tmp_path, monkeypatch):
+    import bench.deploy
+    import benchmark
+    from utils.errors import ConfigError
+
+    def measured(*args, **kwargs):
+        raise AssertionError("measured before checking --json")
+
+    monkeypatch.setattr(benchmark, "bench_steps", measured)
+    monkeypatch.setattr(bench.deploy, "measure", measured)
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder")
+    for mode in ([], ["--deploy"]):
+        with pytest.raises(ConfigError, match="--json"):
+            benchmark.main([*mode, "--quick", "--json", str(blocker / "sub" / "bench.json")])

@@ -66,7 +66,7 @@ class OnnxSegNet(nn.Module):
         """
         output = self.session.get_outputs()[0]
         shape = list(output.shape or [])
-        if len(shape) != 4 or not isinstance(shape[1], int):
+        if not shape or (len(shape) == 4 and not isinstance(shape[1], int)):  # not declared: run it once
             declared = list(self.session.get_inputs()[0].shape or [])
             dims = [d if isinstance(d, int) else default for d, default in zip(declared, (1, 3, 32, 64))]
             try:
