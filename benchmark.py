@@ -29,7 +29,6 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.data import DataLoader
-from torch.utils.flop_counter import FlopCounterMode
 
 from bench.loader import label_work_seconds, loader_throughput, old_label_work, our_label_work
 from bench.oldway import OldWayStep, id_table, old_eval_pipeline, old_remap, old_way_objective
@@ -38,8 +37,10 @@ from dataset.decode import read_label
 from model import Discriminator, build_seg_model, count_parameters, fold_batchnorm
 from utils.cli import ArgumentParser, check_output, non_negative_int, positive_int, run_cli, size_arg
 from utils.config import TrainConfig
+from utils.cpu import announce, cpu_info, native
 from utils.engine import make_optimizers
 from utils.evaluate import eval_collate, evaluate
+from utils.flops import gflops
 from utils.objective import ADAPTATION, PARADIGMS, build_objective, knob_values
 from utils.predictions import write_text_atomic
 from utils.runtime import autocast, resolve_device
@@ -157,7 +158,7 @@ def bench_steps(table: Table, args, device, sources, targets) -> None:
             rows[kind, way] = table.add(f"{kind} step ({way})", times, "s/step", note)
             del step
         table.add_speedup(f"{kind} step speed-up", rows[kind, "old way"], rows[kind, "ours"], "old way / ours")
-    for amp in amp_modes(device)[1:]:
+    for amp in amp_modes(device, args.allow_slow_bf16)[1:]:
         step = make_step(TrainStep, device, True, amp=amp)
         row = table.add(f"distill step (ours, {amp} autocast)",
                         step_times(step, sources, targets, args.repeats, args.warmup), "s/step")
@@ -222,7 +223,7 @@ def bench_eval(table: Table, args, root: Path, device) -> None:
                      "NumPy arg-max, PNGs, per-id remap, fast_hist")
     # (autocast, channels_last, folded batch norm): plain, each low precision with and without
     # channels_last, and the fastest combinations with the batch norms folded into the convolutions.
-    low = amp_modes(device)[1:]
+    low = amp_modes(device, args.allow_slow_bf16)[1:]
     variants = ([("off", False, False)] + [(amp, cl, False) for amp in low for cl in (False, True)]
                 + [("off", False, True)] + [(amp, True, True) for amp in low])
     for amp, channels_last, fold_bn in variants:
@@ -244,9 +245,11 @@ def bench_eval(table: Table, args, root: Path, device) -> None:
 
 
 # --- inference -------------------------------------------------------------------------------------
-def amp_modes(device: torch.device) -> list[str]:
-    """Precisions worth measuring on `device`."""
-    return ["off", "bf16", "fp16"] if device.type == "cuda" else ["off", "bf16"]
+def amp_modes(device: torch.device, allow_slow_bf16: bool = False) -> list[str]:
+    """Precisions worth measuring on `device`: on a CPU, bf16 only where it is native (or allowed anyway)."""
+    if device.type == "cuda":
+        return ["off", "bf16", "fp16"]
+    return ["off", "bf16"] if allow_slow_bf16 or native(cpu_info(), "bf16") else ["off"]
 
 
 class LiveTensorBytes(TorchDispatchMode):
@@ -293,10 +296,8 @@ def bench_inference(table: Table, args, device) -> None:
     for role, arch in (("student", STUDENT), ("teacher", TEACHER)):
         torch.manual_seed(SEED)
         net = build_seg_model(arch).to(device).eval()
-        with FlopCounterMode(display=False) as counter, torch.inference_mode():
-            net(x[:1])
-        gflops = counter.get_total_flops() / 1e9
-        for amp in amp_modes(device):
+        work = gflops(net, (w, h))
+        for amp in amp_modes(device, args.allow_slow_bf16):
             def infer(net=net, amp=amp) -> None:
                 with torch.inference_mode(), autocast(device, amp):
                     net(x)
@@ -307,7 +308,7 @@ def bench_inference(table: Table, args, device) -> None:
             table.add(f"infer {role} {arch} ({label})", timed(infer, args.repeats, args.warmup), "s/batch",
                       f"batch {args.batch_size} at {w}x{h}")
         table.add(f"params {role} {arch}", count_parameters(net) / 1e6, "M")
-        table.add(f"GFLOPs {role} {arch}", gflops, "GFLOP", f"one {w}x{h} image (FlopCounterMode)")
+        table.add(f"GFLOPs {role} {arch}", work, "GFLOP", f"one {w}x{h} image (FlopCounterMode)")
         mb, how = peak_memory_mb(net, x, device)
         table.add(f"peak memory {role} {arch}", mb, "MB", f"{how}, batch {args.batch_size}")
 
@@ -328,6 +329,8 @@ def parse_args(argv: Sequence[str] | None):
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--quick", action="store_true", help="tiny size, one repeat: a smoke run")
+    parser.add_argument("--allow-slow-bf16", action="store_true",
+                        help="also time bf16 on a CPU without native bf16 (emulated: up to hundreds of times slower)")
     parser.add_argument("--deploy", action="store_true",
                         help="only the deployment table: student and teacher in every inference form (PyTorch "
                              "fp32, bf16, onnxruntime fp32 and int8) beside the machine's roof (bench/deploy.py)")
@@ -348,12 +351,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.deploy:
         from bench.deploy import run
 
-        run(args.repeats, args.quick, args.json)
+        run(args.repeats, args.quick, args.json, args.allow_slow_bf16)
         return 0
     device = resolve_device(args.device)
     torch.manual_seed(SEED)
     print(f"benchmark: {args.size[0]}x{args.size[1]}, batch {args.batch_size}, {args.repeats} repeats, "
           f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    kept = amp_modes(device, args.allow_slow_bf16)
+    announce(device, "torch " + ", ".join("fp32" if amp == "off" else f"{amp} autocast" for amp in kept)
+             + ("" if "bf16" in kept else " (bf16 rows skipped: not native here; --allow-slow-bf16 times them)"))
     print(f"{'row':42s} {'min':>10s} {'median':>10s}  unit")
     table = Table()
     with tempfile.TemporaryDirectory() as tmp:
@@ -370,7 +376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench_inference(table, args, device)
     if args.json:
         info = {"size": list(args.size), "batch_size": args.batch_size, "repeats": args.repeats,
-                "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads()}
+                "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                "cpu": cpu_info().to_dict()}
         write_text_atomic(args.json, json.dumps({"config": info, "rows": table.rows}, indent=1) + "\n")
     return 0
 

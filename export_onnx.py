@@ -31,7 +31,7 @@ from torch.utils.data import Subset
 from dataset import build_dataset
 from model import ARCHS, build_seg_model
 from utils.cli import ArgumentParser, check_output, positive_int, run_cli, size_arg
-from utils.cpu import announce, cpu_info, lacks
+from utils.cpu import announce, cpu_info
 from utils.errors import ConfigError
 from utils.evaluate import load_net
 from utils.model_card import format_cards, model_card
@@ -189,11 +189,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
 def _choice(args) -> str:
     """What this run does on the CPU, for the machine line."""
     forms = "fp32" + (" and int8" if args.int8 else "")
-    note = ""
-    if args.int8 and lacks(cpu_info(), "int8"):
-        note = " (this CPU lacks int8 multiply-adds: the int8 graph is for another machine; its time here is not)"
     timed = "no latency" if args.no_latency else "latency of torch fp32 and the onnxruntime graphs on this CPU"
-    return f"export {forms} graphs{note}; {timed}"
+    return f"export {forms} graphs; {timed}"
 
 
 def _export_and_measure(args, name: str, net: nn.Module, other, calib, eval_data, staged: StagedOutputs) -> dict:

@@ -77,6 +77,7 @@ class TrainConfig:
     deterministic: bool = False
     device: str = "auto"
     amp: str = "off"
+    allow_slow_bf16: bool = False
     channels_last: bool = False
     sync_bn: bool = False
     dist_timeout: int = 60
@@ -232,6 +233,8 @@ def build_parser(defaults: TrainConfig, *, prog: str, description: str, distill:
     g.add_argument("--deterministic", action="store_true", default=d.deterministic)
     g.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu, cuda, cuda:N")
     g.add_argument("--amp", choices=("off", "bf16", "fp16"), default=d.amp)
+    g.add_argument("--allow-slow-bf16", dest="allow_slow_bf16", action="store_true", default=d.allow_slow_bf16,
+                   help="run --amp bf16 even on a CPU without native bf16 (emulated: up to hundreds of times slower)")
     g.add_argument("--channels-last", dest="channels_last", action="store_true", default=d.channels_last)
     g.add_argument("--sync-bn", dest="sync_bn", action="store_true", default=d.sync_bn)
     g.add_argument("--dist-timeout", dest="dist_timeout", type=positive_int, default=d.dist_timeout,
@@ -266,7 +269,7 @@ RESUME_HOST = frozenset({"resume", "device", "num_workers", "progress", "debug",
 # The run's saved value unless given again: how the run computes and records, and where its files are
 # (data and teachers may move). Every other setting is the run's own and cannot change.
 RESUME_MAY_CHANGE = frozenset({
-    "amp", "channels_last", "deterministic", "sync_bn", "log_every", "save_pred_every", "keep_last",
+    "amp", "allow_slow_bf16", "channels_last", "deterministic", "sync_bn", "log_every", "save_pred_every", "keep_last",
     "eval_every", "eval_limit", "keep_best", "skip_nonfinite", "allow_pickle",
     "data_dir", "data_list", "data_dir_target", "data_list_target", "teacher", "snapshot_dir", "val_split",
     "eval_size",

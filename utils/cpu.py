@@ -47,7 +47,7 @@ class CpuInfo:
     level: str            # one of LEVELS on x86 (after the overrides); the architecture's name elsewhere
     vector_bits: int      # width of PyTorch's vector kernels
     bf16: bool            # native bf16 arithmetic (AVX-512 BF16, AMX, or Arm's BF16) that oneDNN uses
-    int8_dot: str         # "VNNI" (one instruction per 4 multiply-adds), "AVX2" (three), "dot" (Arm), or "none"
+    int8_dot: str         # "VNNI" (one instruction per 4 multiply-adds), else the instructions that take three
     amx: bool             # Intel AMX tiles
     onnxruntime_level: str  # what onnxruntime's kernels use: the processor's own level, whatever the overrides
     threads: int
@@ -58,11 +58,12 @@ class CpuInfo:
         described = LEVEL_NAMES.get(self.level, self.level)
         line = (f"cpu: {self.name}, {self.threads} threads: {described} ({self.vector_bits}-bit vectors), "
                 f"bf16 {'native' if self.bf16 else 'NOT native'}, "
-                f"int8 dot products {self.int8_dot if self.int8_dot != 'none' else 'none'}, "
+                f"int8 multiply-adds {self.int8_dot}, "
                 f"{'AMX' if self.amx else 'no AMX'}")
         if self.overrides:
-            line += " [" + ", ".join(f"{k}={v}" for k, v in self.overrides.items()) + "; PyTorch and oneDNN run as "
-            line += f"this machine, onnxruntime as the processor: {LEVEL_NAMES.get(self.onnxruntime_level, '?')}]"
+            line += (" [" + ", ".join(f"{k}={v}" for k, v in self.overrides.items()) + ": PyTorch and oneDNN run "
+                     f"as this machine; onnxruntime has no such switch and runs the processor's own kernels, "
+                     f"{LEVEL_NAMES.get(self.onnxruntime_level, self.onnxruntime_level)}]")
         return line
 
     def to_dict(self) -> dict:
@@ -96,7 +97,7 @@ def detect(caps: Mapping[str, object], aten_capability: str, mkldnn_bf16: bool, 
     if arch not in ("x86_64", "x86"):
         vector = int(caps.get("sve_max_length") or 0) * 8 or 128
         return CpuInfo(name, arch, aten_capability.lower(), vector, bool(caps.get("bf16")) and mkldnn_bf16,
-                       "dot" if caps.get("dot") or caps.get("i8mm") else "none", False, arch, threads, overrides)
+                       "dot" if caps.get("dot") or caps.get("i8mm") else "NEON", False, arch, threads, overrides)
     hardware = hardware_level(caps)
     caps_by_override = [ATEN_CAPS.get(aten_capability.upper(), "amx")]
     isa = env.get("ONEDNN_MAX_CPU_ISA") or env.get("DNNL_MAX_CPU_ISA")
@@ -108,7 +109,7 @@ def detect(caps: Mapping[str, object], aten_capability: str, mkldnn_bf16: bool, 
     if level == "avx2_vnni" or rank >= LEVELS.index("avx512_vnni"):
         int8 = "VNNI"
     else:
-        int8 = "AVX2" if rank >= LEVELS.index("avx2") else "none"
+        int8 = {"avx512": "AVX-512BW, no VNNI", "avx2": "AVX2, no VNNI"}.get(level, "SSE4.1, no VNNI")
     bf16 = rank >= LEVELS.index("avx512_bf16") and mkldnn_bf16
     return CpuInfo(name, arch, level, vector, bf16, int8, level == "amx", hardware, threads, overrides)
 
@@ -120,14 +121,14 @@ def cpu_info() -> CpuInfo:
                   bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()), os.environ, torch.get_num_threads())
 
 
-def lacks(info: CpuInfo, form: str) -> str | None:
-    """Why this CPU cannot run `form` ("bf16" or "int8") at native speed, or None when it can."""
-    if form == "bf16" and not info.bf16:
-        return f"this CPU ({LEVEL_NAMES.get(info.level, info.level)}) has no native bf16 instructions"
-    if form == "int8" and info.int8_dot == "none":
-        return (f"this CPU ({LEVEL_NAMES.get(info.level, info.level)}) has no vector int8 multiply-add "
-                "(AVX2 or better)")
-    return None
+def native(info: CpuInfo, number_type: str) -> bool:
+    """Whether this CPU has instructions for `number_type` ("fp32", "bf16", "int8") arithmetic.
+
+    Only bf16 can lack them: without them oneDNN emulates it, hundreds of times slower than fp32 on an
+    AVX2 CPU. int8 always runs on integer vector instructions (VNNI: one instruction per four
+    multiply-adds; AVX2 or SSE4.1: three), so the int8 graph is never a slow path, only a smaller gain.
+    """
+    return info.bf16 if number_type == "bf16" else True
 
 
 def check_amp(device: torch.device, amp: str, allow_slow_bf16: bool, *, deploys: bool = False) -> None:
@@ -137,11 +138,20 @@ def check_amp(device: torch.device, amp: str, allow_slow_bf16: bool, *, deploys:
     """
     if device.type != "cpu" or amp != "bf16" or allow_slow_bf16:
         return
-    reason = lacks(cpu_info(), "bf16")
-    if reason:
+    info = cpu_info()
+    if not native(info, "bf16"):
         faster = "--amp off (fp32)" + (f", or for the fastest form here {INT8_GRAPH}" if deploys else "")
-        raise ConfigError(f"--amp bf16: {reason}, so bf16 autocast would run emulated, up to hundreds of times "
-                          f"slower than fp32; use {faster}, or pass --allow-slow-bf16 to run it anyway")
+        raise ConfigError(f"--amp bf16: this CPU ({LEVEL_NAMES.get(info.level, info.level)}) has no native bf16 "
+                          f"instructions, so bf16 autocast would run emulated, up to hundreds of times slower than "
+                          f"fp32; use {faster}, or pass --allow-slow-bf16 to run it anyway")
+
+
+def settle_form(device: torch.device, amp: str, allow_slow_bf16: bool, choice: str, *, show: bool = True,
+                deploys: bool = False) -> None:
+    """`check_amp`, then (with `show`) `announce` the form the command runs: one call per command."""
+    check_amp(device, amp, allow_slow_bf16, deploys=deploys)
+    if show:
+        announce(device, choice)
 
 
 def torch_form(amp: str = "off", channels_last: bool = False, fold_bn: bool = False) -> str:
@@ -162,6 +172,4 @@ def announce(device: torch.device, choice: str) -> None:
 def fastest_form(info: CpuInfo) -> str:
     """The form to deploy on this CPU, and the fastest PyTorch form."""
     torch_best = "torch bf16 autocast (--amp bf16 --channels-last --fold-bn)" if info.bf16 else "torch fp32"
-    if info.int8_dot == "none":
-        return torch_best
     return f"{INT8_GRAPH}; in PyTorch, {torch_best}"

@@ -21,6 +21,7 @@ from model import DEFAULT_AUX_LAYER, Discriminator, build_from_checkpoint, build
 from utils.checkpoint import TRAIN_FORMAT, load_training_state, save_training_state
 from utils.cli import check_output
 from utils.config import TrainConfig, run_name
+from utils.cpu import settle_form, torch_form
 from utils.distributed import find_unused_parameters
 from utils.errors import CheckpointError, ConfigError, UserError
 from utils.evaluate import eval_collate
@@ -312,6 +313,8 @@ def _train(cfg: TrainConfig, info: DistInfo, device: torch.device) -> Path:
 
 def _start(cfg: TrainConfig, info: DistInfo, device: torch.device) -> tuple[Run, dict | None]:
     """Check every input, build the nets (from --resume's state when given) and the run folder's logger."""
+    settle_form(device, cfg.amp, cfg.allow_slow_bf16, f"training in {torch_form(cfg.amp, cfg.channels_last)}",
+                show=info.is_main)
     folder = Path(cfg.snapshot_dir or Path("snapshots") / run_name(cfg))
     phases = plan_phases(cfg)
     # every input is checked before anything is written into the run folder

@@ -36,6 +36,19 @@ def ort_session(path: str | Path, threads: int | None = None, *, flag: str = "--
         raise CheckpointError(f"{flag} {path}: onnxruntime cannot load it as a model ({one_line(err)})") from err
 
 
+QUANTISED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger"})
+
+
+def graph_number_type(path: str | Path) -> str:
+    """"int8" for a quantised graph, "fp32" otherwise, "ONNX" when onnx (to read the graph) is not installed."""
+    try:
+        import onnx
+    except ImportError:
+        return "ONNX"
+    model = onnx.load(str(path), load_external_data=False)
+    return "int8" if any(node.op_type in QUANTISED_OPS for node in model.graph.node) else "fp32"
+
+
 class OnnxSegNet(nn.Module):
     """A graph written by export_onnx.py (input `image`, first output the main head's log-probabilities or,
     with --logits, logits) behind `main_logits`, so that `utils.evaluate` (predict_labels, evaluate) runs
