@@ -1,7 +1,8 @@
 """Speed figures of this implementation beside the original code's way, measured in one run.
 
     python benchmark.py [--size 512,256] [--batch-size 2] [--repeats 5] [--json OUT] [--quick]
-    python benchmark.py --deploy [--repeats 3] [--json OUT] [--quick]   # only the deployment table (bench/deploy.py)
+    python benchmark.py --deploy [--repeats 3] [--nets student] [--size 1024,512] [--json OUT] [--quick]
+    # only the deployment table (bench/deploy.py)
 
 Every figure is min / median over `--repeats` timed runs (after one warm-up); a speed-up row gives the
 ratio of the medians and, as its min, the most pessimistic ratio (the old way's best run against our
@@ -317,7 +318,9 @@ def bench_inference(table: Table, args, device) -> None:
 def parse_args(argv: Sequence[str] | None):
     """Flags over the constants above; --quick shrinks everything to a smoke run."""
     parser = ArgumentParser(prog="benchmark.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--size", type=size_arg, default=SIZE, help="input W,H (default 512,256)")
+    parser.add_argument("--size", type=size_arg, default=None,
+                        help="input W,H (default 512,256; with --deploy: only this size, default 1024,512 and "
+                             "2048,1024)")
     parser.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE)
     parser.add_argument("--repeats", type=positive_int, default=None,
                         help=f"timed runs per figure (default {REPEATS}; --deploy: 3)")
@@ -334,9 +337,14 @@ def parse_args(argv: Sequence[str] | None):
     parser.add_argument("--deploy", action="store_true",
                         help="only the deployment table: student and teacher in every inference form (PyTorch "
                              "fp32, bf16, onnxruntime fp32 and int8) beside the machine's roof (bench/deploy.py)")
+    parser.add_argument("--nets", nargs="+", choices=("student", "teacher"), default=None,
+                        help="--deploy: only these nets (default both)")
     args = parser.parse_args(argv)
-    if args.repeats is None and not args.deploy:
-        args.repeats = REPEATS
+    if not args.deploy:
+        if args.nets:
+            parser.error("--nets selects the nets of --deploy; add --deploy")
+        args.repeats = args.repeats or REPEATS
+        args.size = args.size or SIZE
     if args.quick and not args.deploy:
         for key, value in QUICK.items():
             setattr(args, key, value)
@@ -351,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.deploy:
         from bench.deploy import run
 
-        run(args.repeats, args.quick, args.json, args.allow_slow_bf16)
+        run(args.repeats, args.quick, args.json, args.allow_slow_bf16, args.size, args.nets)
         return 0
     device = resolve_device(args.device)
     torch.manual_seed(SEED)

@@ -1,6 +1,7 @@
 """Deployment latency table: every inference form of the student and the teacher beside the machine's roof.
 
-    python benchmark.py --deploy [--repeats 3] [--json deploy.json] [--quick] [--allow-slow-bf16]
+    python benchmark.py --deploy [--repeats 3] [--nets student] [--size 1024,512] [--json deploy.json]
+        [--quick] [--allow-slow-bf16]
 
 Forms, batch 1, each at 1024x512 and 2048x1024: PyTorch fp32; PyTorch bf16 autocast with channels_last
 and folded batch norms; onnxruntime fp32; onnxruntime int8 (static QDQ, per-channel, utils/quantize.py).
@@ -280,12 +281,19 @@ def format_table(result: dict) -> str:
 
 
 def run(repeats: int | None = None, quick: bool = False, json_path: str | None = None,
-        allow_slow_bf16: bool = False) -> dict:
-    """`benchmark.py --deploy`: measure, print the table (and the machine's load), write --json."""
+        allow_slow_bf16: bool = False, size: tuple[int, int] | None = None, nets: list[str] | None = None) -> dict:
+    """`benchmark.py --deploy`: measure, print the table (and the machine's load), write --json.
+
+    `size` and `nets` ("student", "teacher") narrow the table; `quick` is a smoke run at a tiny size.
+    """
     settings = {"sizes": SIZES, "roof_n": ROOF_N, "repeats": repeats or REPEATS, "calib_size": CALIB_SIZE,
                 "nets": NETS}
     if quick:
         settings.update(QUICK)
+    if size:
+        settings["sizes"] = (tuple(size),)
+    if nets:
+        settings["nets"] = tuple(net for net in NETS if net[0] in nets)
     info = cpu_info()
     forms, skipped = runnable_forms(allow_slow_bf16)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None

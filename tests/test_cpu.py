@@ -122,3 +122,23 @@ def test_the_deployment_table_skips_bf16_on_an_emulated_avx2_cpu_and_shows_progr
     assert table["cpu"]["level"] == "avx2" and table["cpu"]["overrides"] == EMULATE_AVX2
     assert "torch bf16+CL+foldBN: skipped" in result.stdout
     assert "student drn_d_22 64x32 torch fp32: round 1/1" in result.stderr
+
+
+@needs_avx2
+def test_the_cpuid_mask_makes_every_library_see_an_avx2_cpu(tmp_path):
+    import shutil
+
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    lib = tmp_path / "cpuid_avx2.so"
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(lib), str(REPO / "bench" / "cpuid_avx2.c")],
+                   check=True, timeout=120)
+    probe = ("import torch; from utils.cpu import cpu_info; i = cpu_info(); "
+             "print(torch.backends.cpu.get_cpu_capability(), i.level, i.onnxruntime_level, i.bf16, i.int8_dot)")
+    env = {k: v for k, v in os.environ.items() if k not in cpu.OVERRIDES}
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**env, "LD_PRELOAD": str(lib)})
+    if "no cpuid faulting" in result.stderr:
+        pytest.skip("this CPU or kernel offers no cpuid faulting")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["AVX2", "avx2", "avx2", "False", "AVX2,", "no", "VNNI"]
