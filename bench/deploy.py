@@ -3,8 +3,9 @@
     python benchmark.py --deploy [--repeats 3] [--nets student] [--size 1024,512] [--json deploy.json]
         [--quick] [--allow-slow-bf16]
 
-Forms, batch 1, each at 1024x512 and 2048x1024: PyTorch fp32; PyTorch bf16 autocast with channels_last
-and folded batch norms; onnxruntime fp32; onnxruntime int8 (static QDQ, per-channel, utils/quantize.py).
+Forms, batch 1, each at 1024x512 and 2048x1024: PyTorch fp32, plain and with channels_last and folded
+batch norms; PyTorch bf16 autocast with channels_last and folded batch norms; onnxruntime fp32;
+onnxruntime int8 (static QDQ, per-channel, utils/quantize.py).
 Every form computes the main head's logits at the input's size: the PyTorch forms with `main_logits`
 (predict.py's path), the graphs as export_onnx.py --logits writes them. Each row gives milliseconds
 (median and min over the repeats, taken round-robin over the forms), frames per second and achieved
@@ -44,12 +45,12 @@ from utils.timing import timed
 
 NETS = (("student", "drn_d_22"), ("teacher", "drn_d_38"))
 SIZES = ((1024, 512), (2048, 1024))
-FORMS = ("torch fp32", "torch bf16+CL+foldBN", "onnxruntime fp32", "onnxruntime int8")
-NUMBER_TYPE = {"torch fp32": "fp32", "torch bf16+CL+foldBN": "bf16", "onnxruntime fp32": "fp32",
-               "onnxruntime int8": "int8"}
+FORMS = ("torch fp32", "torch fp32+CL+foldBN", "torch bf16+CL+foldBN", "onnxruntime fp32", "onnxruntime int8")
+NUMBER_TYPE = {"torch fp32": "fp32", "torch fp32+CL+foldBN": "fp32", "torch bf16+CL+foldBN": "bf16",
+               "onnxruntime fp32": "fp32", "onnxruntime int8": "int8"}
 # each form against the roof of the library and number type that run it
-ROOF_OF = {"torch fp32": "torch fp32", "torch bf16+CL+foldBN": "torch bf16", "onnxruntime fp32": "onnxruntime fp32",
-           "onnxruntime int8": "onnxruntime int8"}
+ROOF_OF = {"torch fp32": "torch fp32", "torch fp32+CL+foldBN": "torch fp32", "torch bf16+CL+foldBN": "torch bf16",
+           "onnxruntime fp32": "onnxruntime fp32", "onnxruntime int8": "onnxruntime int8"}
 ROOF_N = 4096                # side of the square matrices of the roof
 REPEATS = 3
 ROOF_REPEATS = 3             # at least: the roof is the best of its repeats
@@ -154,9 +155,13 @@ def make_forms(net: torch.nn.Module, folder: Path, calib_dir: Path, calib_size: 
             with torch.inference_mode():
                 return net.main_logits(x)
         forms["torch fp32"] = torch_fp32
+    fast = fold_batchnorm(net).to(memory_format=torch.channels_last)
+    if "torch fp32+CL+foldBN" in names:
+        def torch_fp32_fast(x: torch.Tensor) -> object:
+            with torch.inference_mode():
+                return fast.main_logits(x.contiguous(memory_format=torch.channels_last))
+        forms["torch fp32+CL+foldBN"] = torch_fp32_fast
     if "torch bf16+CL+foldBN" in names:
-        fast = fold_batchnorm(net).to(memory_format=torch.channels_last)
-
         def torch_bf16(x: torch.Tensor) -> object:
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
                 return fast.main_logits(x.contiguous(memory_format=torch.channels_last))
