@@ -10,8 +10,8 @@ Every form computes the main head's logits at the input's size: the PyTorch form
 (predict.py's path), the graphs as export_onnx.py --logits writes them. Each row gives milliseconds
 (median and min over the repeats, taken round-robin over the forms), frames per second and achieved
 GFLOP/s (utils.flops.gflops: 2 x multiply-adds, the same count for every number type), and that as a
-share of the roof of its library and number type, measured in the same process (at its start and its
-end; the better of the two): an (n x n) by (n x n) product as a 1x1 convolution in PyTorch (oneDNN, the
+share of the roof of its library and number type, timed in the same round-robin as the forms of each
+(net, size), median over the repeats: an (n x n) by (n x n) product as a 1x1 convolution in PyTorch (oneDNN, the
 library that runs the nets' convolutions) in fp32 and bf16, and as MatMul (fp32) and MatMulInteger
 (uint8 x int8) graphs in onnxruntime (MLAS). A form this CPU has no native instructions for (bf16
 without AVX-512 BF16 or AMX, utils/cpu.py) is skipped with a note, unless --allow-slow-bf16. The
@@ -41,7 +41,6 @@ from utils.onnx_export import export
 from utils.onnx_net import ort_session, require
 from utils.predictions import write_text_atomic
 from utils.quantize import quantize_int8
-from utils.timing import timed
 
 NETS = (("student", "drn_d_22"), ("teacher", "drn_d_38"))
 SIZES = ((1024, 512), (2048, 1024))
@@ -53,7 +52,6 @@ ROOF_OF = {"torch fp32": "torch fp32", "torch fp32+CL+foldBN": "torch fp32", "to
            "onnxruntime fp32": "onnxruntime fp32", "onnxruntime int8": "onnxruntime int8"}
 ROOF_N = 4096                # side of the square matrices of the roof
 REPEATS = 3
-ROOF_REPEATS = 3             # at least: the roof is the best of its repeats
 CALIB_SIZE = (512, 256)      # (w, h) of the calibration images
 CALIB_COUNT = 2
 # a smoke run: the student alone (the teacher runs the same code), one tiny size
@@ -87,16 +85,18 @@ def interleaved_times(forms: dict[str, Callable[[torch.Tensor], object]], x: tor
 
 
 # --- the roof --------------------------------------------------------------------------------------
-def torch_conv_roof(dtype: torch.dtype, n: int, repeats: int) -> float:
-    """GFLOP/s of an (n, n) by (n, n) product as a 1x1 convolution (n channels in and out, n pixels,
-    channels_last) in `dtype`: what oneDNN does on the nets' convolutions at best (best of the repeats)."""
+def torch_conv_roof(dtype: torch.dtype, n: int) -> tuple[Callable[[], object], float]:
+    """A call computing an (n, n) by (n, n) product as a 1x1 convolution (n channels in and out, n pixels,
+    channels_last) in `dtype`, what oneDNN does best on the nets' convolutions, and its GFLOPs."""
     gen = torch.Generator().manual_seed(SEED)
     x = torch.randn(1, n, max(1, n // 64), min(n, 64), generator=gen).to(dtype)
     x = x.contiguous(memory_format=torch.channels_last)
     weight = torch.randn(n, n, 1, 1, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
-    pixels = x.shape[2] * x.shape[3]
-    with torch.inference_mode():
-        return 2 * n * n * pixels / min(timed(lambda: F.conv2d(x, weight), repeats)) / 1e9
+
+    def call() -> object:
+        with torch.inference_mode():
+            return F.conv2d(x, weight)
+    return call, 2 * n * n * x.shape[2] * x.shape[3] / 1e9
 
 
 def matmul_graph(n: int, integer: bool):
@@ -121,28 +121,24 @@ def matmul_graph(n: int, integer: bool):
     return model
 
 
-def onnxruntime_matmul_roof(n: int, repeats: int, folder: Path, threads: int, integer: bool) -> float:
-    """GOP/s (2 x multiply-adds) of an (n, n) matrix product through onnxruntime, float32 or uint8 x int8
-    (best of the repeats)."""
+def onnxruntime_matmul_roof(n: int, folder: Path, threads: int, integer: bool) -> tuple[Callable[[], object], float]:
+    """A call computing an (n, n) matrix product through onnxruntime (float32, or uint8 x int8), and its
+    GFLOPs (2 x multiply-adds)."""
     path = folder / f"roof_{'int8' if integer else 'fp32'}.onnx"
     path.write_bytes(matmul_graph(n, integer).SerializeToString())
     session = ort_session(path, threads)
     rng = np.random.default_rng(SEED + 1)
     a = rng.integers(0, 256, (n, n), dtype=np.uint8) if integer else rng.standard_normal((n, n), dtype=np.float32)
-    return 2 * n**3 / min(timed(lambda: session.run(None, {"a": a}), repeats)) / 1e9
+    return lambda: session.run(None, {"a": a}), 2 * n**3 / 1e9
 
 
-def measure_roof(n: int, repeats: int, folder: Path, threads: int, kinds) -> dict[str, float]:
-    """GFLOP/s of each roof in `kinds` (values of ROOF_OF) on this machine, now."""
-    measures = {"torch fp32": lambda: torch_conv_roof(torch.float32, n, repeats),
-                "torch bf16": lambda: torch_conv_roof(torch.bfloat16, n, repeats),
-                "onnxruntime fp32": lambda: onnxruntime_matmul_roof(n, repeats, folder, threads, False),
-                "onnxruntime int8": lambda: onnxruntime_matmul_roof(n, repeats, folder, threads, True)}
-    roof = {}
-    for kind in kinds:
-        progress(f"  roof {kind} ({n}x{n})")
-        roof[kind] = measures[kind]()
-    return roof
+def roof_calls(n: int, folder: Path, threads: int, kinds) -> dict[str, tuple[Callable[[], object], float]]:
+    """For each roof in `kinds` (values of ROOF_OF), a call and its GFLOPs, timed among the forms."""
+    makers = {"torch fp32": lambda: torch_conv_roof(torch.float32, n),
+              "torch bf16": lambda: torch_conv_roof(torch.bfloat16, n),
+              "onnxruntime fp32": lambda: onnxruntime_matmul_roof(n, folder, threads, False),
+              "onnxruntime int8": lambda: onnxruntime_matmul_roof(n, folder, threads, True)}
+    return {kind: makers[kind]() for kind in kinds}
 
 
 # --- the forms -------------------------------------------------------------------------------------
@@ -202,35 +198,36 @@ def runnable_forms(allow_slow_bf16: bool = False) -> tuple[list[str], dict[str, 
 # --- the table -------------------------------------------------------------------------------------
 def measure(sizes=SIZES, roof_n: int = ROOF_N, repeats: int = REPEATS, calib_size=CALIB_SIZE, nets=NETS,
             forms=FORMS) -> dict:
-    """Every (net, size, form) row and the roofs, measured in this process; returns both."""
+    """Every (net, size, form) row beside its roof, measured in this process; returns the rows and roofs.
+
+    The roofs are timed in the same round-robin as the forms of each (net, size), so that a form and
+    its roof see the same load: on a shared machine the load moves within minutes.
+    """
     threads = torch.get_num_threads()
     kinds = list(dict.fromkeys(ROOF_OF[form] for form in forms))
-    timings = []
+    rows, roofs = [], []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        roof_start = measure_roof(roof_n, max(repeats, ROOF_REPEATS), folder, threads, kinds)
-        print(f"roof at the start (GFLOP/s, n={roof_n}): " + _join(roof_start), flush=True)
         calib = calibration_folder(folder, calib_size)
+        roof = roof_calls(roof_n, folder, threads, kinds)
         for role, arch in nets:
             torch.manual_seed(SEED)
             net = build_seg_model(arch).eval()
             progress(f"{role} {arch}: exporting and quantising the graphs")
             made = make_forms(net, folder, calib, calib_size, threads, forms)
+            calls = {**made, **{f"roof {kind}": (lambda x, call=call: call()) for kind, (call, _) in roof.items()}}
             for w, h in sizes:
                 work = gflops(net, (w, h))
                 x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(SEED))
-                label = f"{role} {arch} {w}x{h}"
-                for form, times in interleaved_times(made, x, repeats, label).items():
-                    timings.append((role, arch, (w, h), form, times, work))
-                    print(format_row(row(*timings[-1], roof_start)), flush=True)
-            del made, net
-        roof_end = measure_roof(roof_n, max(repeats, ROOF_REPEATS), folder, threads, kinds)
-        print(f"roof at the end (GFLOP/s, n={roof_n}): " + _join(roof_end), flush=True)
-    # on a shared machine the roof moves with the load: the table uses the best the machine did in this run
-    roof = {kind: max(roof_start[kind], roof_end[kind]) for kind in roof_start}
-    rows = [row(*t, roof) for t in timings]
-    return {"roof": roof, "roof_start": roof_start, "roof_end": roof_end, "roof_n": roof_n, "threads": threads,
-            "repeats": repeats, "rows": rows, "speedups": speedups(rows)}
+                times = interleaved_times(calls, x, repeats, f"{role} {arch} {w}x{h}")
+                here = {kind: work_ / statistics.median(times[f"roof {kind}"]) for kind, (_, work_) in roof.items()}
+                roofs.append({"model": role, "size": [w, h], "roof": here})
+                for form in made:
+                    rows.append(row(role, arch, (w, h), form, times[form], work, here))
+                    print(format_row(rows[-1]), flush=True)
+            del made, calls, net
+    return {"roof_n": roof_n, "threads": threads, "repeats": repeats, "rows": rows, "roofs": roofs,
+            "speedups": speedups(rows)}
 
 
 def _join(roof: dict[str, float]) -> str:
@@ -275,9 +272,9 @@ TABLE_HEAD = ("| net | input | form | ms median (min) | frames/s | GFLOP/s | roo
 def format_table(result: dict) -> str:
     """The whole table in Markdown, with the roofs, the skipped forms and the speed-ups under it."""
     lines = [TABLE_HEAD, *(format_row(r) for r in result["rows"]), ""]
-    lines.append(f"roof: {result['roof_n']}x{result['roof_n']} products, GFLOP/s, the better of the "
-                 f"start and the end of the run: {_join(result['roof'])} (start: {_join(result['roof_start'])}; "
-                 f"end: {_join(result['roof_end'])}; {result['threads']} threads)")
+    lines.append(f"roofs: {result['roof_n']}x{result['roof_n']} products timed among the forms, median GFLOP/s "
+                 f"({result['threads']} threads):")
+    lines += [f"  {r['model']} {r['size'][0]}x{r['size'][1]}: {_join(r['roof'])}" for r in result["roofs"]]
     lines += [f"{form}: {note}" for form, note in result.get("skipped", {}).items()]
     for s in result["speedups"]:
         lines.append(f"{s['model']} at {s['size'][0]}x{s['size'][1]}: fastest {s['fastest']}, "

@@ -73,13 +73,14 @@ def test_deploy_quick_gives_every_form_beside_the_roof_of_its_library_and_number
     assert benchmark.main(["--deploy", "--quick", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     kept, skipped = runnable_forms()
-    assert set(result["roof"]) == {ROOF_OF[form] for form in kept} and all(v > 0 for v in result["roof"].values())
+    (roof,) = result["roofs"]  # one (net, size): its roofs, timed among its forms
+    assert set(roof["roof"]) == {ROOF_OF[form] for form in kept} and all(v > 0 for v in roof["roof"].values())
     rows = {r["form"]: r for r in result["rows"]}
     assert set(rows) == set(kept) and set(result["skipped"]) == set(skipped)
     for r in rows.values():
         assert r["model"] == "student" and r["size"] == [64, 32] and r["ms"] > 0
         assert r["fps"] == pytest.approx(1000 / r["ms"]) and r["gflop_s"] == pytest.approx(r["gflops"] * r["fps"])
-        assert r["roof_gflop_s"] == result["roof"][r["roof"]]
+        assert r["roof_gflop_s"] == roof["roof"][r["roof"]]
         assert r["pct_of_roof"] == pytest.approx(100 * r["gflop_s"] / r["roof_gflop_s"])
     assert rows["onnxruntime int8"]["number_type"] == "int8" and rows["onnxruntime int8"]["roof"] == "onnxruntime int8"
     fastest = max(rows.values(), key=lambda r: r["fps"])
@@ -89,6 +90,7 @@ def test_deploy_quick_gives_every_form_beside_the_roof_of_its_library_and_number
     printed = capsys.readouterr()
     assert "| student drn_d_22 | 64x32 | onnxruntime int8 |" in printed.out and "cpu: " in printed.out
     assert "student drn_d_22 64x32 onnxruntime int8: round 1/1" in printed.err  # progress: form, net, size
+    assert "student drn_d_22 64x32 roof onnxruntime int8: round 1/1" in printed.err
 
 
 def test_roof_graphs_are_valid_matmul_models():

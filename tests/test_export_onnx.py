@@ -38,6 +38,8 @@ def test_onnx_matches_pytorch_at_several_sizes(checkpoint, tmp_path, capsys):
     assert student["gflops"] > 0 and student["latency"]["torch_ms"] > 0 and student["latency"]["onnxruntime_ms"] > 0
     printed = capsys.readouterr().out
     assert "max abs diff" in printed and "GFLOPs" in printed
+    assert "cpu: " in printed and "running: export fp32 graphs; latency" in printed  # the machine and the choice
+    assert data["cpu"]["vector_bits"] in (128, 256, 512)
 
 
 def test_with_aux_exports_both_heads_and_compares_a_teacher(checkpoint, tmp_path):

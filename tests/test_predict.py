@@ -206,11 +206,13 @@ def onnx_model(checkpoint, tmp_path_factory) -> Path:
 
 
 def test_onnx_graph_predicts_like_its_checkpoint_on_images_and_video(checkpoint, onnx_model, image_folder,
-                                                                     street_video, tmp_path):
+                                                                     street_video, tmp_path, capsys):
     plain = run(checkpoint, image_folder, tmp_path / "torch", "--label-ids")
     graph = predict.main(["--onnx", str(onnx_model), "--input", str(image_folder), "--out", str(tmp_path / "ort"),
                           "--input-size", "32,16", "--no-progress", "--label-ids"])
     assert len(graph) == len(plain) == 6
+    printed = capsys.readouterr().out
+    assert "running: torch fp32" in printed and "running: onnxruntime, fp32 graph" in printed
     for a, b in zip(plain, graph):
         ids_a, ids_b = (np.asarray(Image.open(e["label_ids"])) for e in (a, b))
         # the graph upsamples its output to the input size, then to the image's: a few border pixels differ

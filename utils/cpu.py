@@ -162,11 +162,17 @@ def torch_form(amp: str = "off", channels_last: bool = False, fold_bn: bool = Fa
 
 
 def announce(device: torch.device, choice: str) -> None:
-    """Print this CPU's capabilities and the form the command runs (nothing when the nets run on a GPU)."""
+    """Print this CPU's capabilities (once per process) and the form the command runs (nothing on a GPU)."""
     if device.type != "cpu":
         return
     info = cpu_info()
-    print(f"{info.summary()}\n  running: {choice}; fastest here: {fastest_form(info)}", flush=True)
+    if not _announced:
+        print(info.summary(), flush=True)
+        _announced.append(info)
+    print(f"  running: {choice}; fastest here: {fastest_form(info)}", flush=True)
+
+
+_announced: list[CpuInfo] = []  # a process that runs several commands (demo.py) describes its CPU once
 
 
 def fastest_form(info: CpuInfo) -> str:
