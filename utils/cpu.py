@@ -177,5 +177,6 @@ _announced: list[CpuInfo] = []  # a process that runs several commands (demo.py)
 
 def fastest_form(info: CpuInfo) -> str:
     """The form to deploy on this CPU, and the fastest PyTorch form."""
-    torch_best = "torch bf16 autocast (--amp bf16 --channels-last --fold-bn)" if info.bf16 else "torch fp32"
+    torch_best = (f"torch {'bf16 autocast' if info.bf16 else 'fp32'} with channels_last and folded batch norms "
+                  f"({'--amp bf16 ' if info.bf16 else ''}--channels-last --fold-bn)")
     return f"{INT8_GRAPH}; in PyTorch, {torch_best}"
