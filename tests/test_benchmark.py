@@ -93,6 +93,36 @@ def test_deploy_quick_gives_every_form_beside_the_roof_of_its_library_and_number
     assert "student drn_d_22 64x32 roof onnxruntime int8: round 1/1" in printed.err
 
 
+def test_deploy_on_a_cpu_without_native_bf16_skips_those_forms_with_a_note_unless_allowed(tmp_path, capsys,
+                                                                                          monkeypatch):
+    import bench.deploy
+    from utils import cpu
+
+    avx2 = cpu.detect({"architecture": "x86_64", "cpu_name": "AMD EPYC 7B12", "avx2": True, "fma3": True}, "AVX2",
+                      False, {}, 2)
+    monkeypatch.setattr(bench.deploy, "cpu_info", lambda: avx2)
+    timed: list[tuple[str, ...]] = []
+
+    def measure(sizes, roof_n, repeats, calib_size, nets, forms):  # the forms it would time, without timing them
+        timed.append(tuple(forms))
+        return {"roof_n": roof_n, "threads": 2, "repeats": repeats, "rows": [], "roofs": [], "speedups": []}
+
+    monkeypatch.setattr(bench.deploy, "measure", measure)
+    out = tmp_path / "deploy.json"
+    result = bench.deploy.run(quick=True, json_path=str(out))
+    no_bf16 = tuple(form for form in bench.deploy.FORMS if "bf16" not in form)
+    assert timed == [no_bf16] and list(result["skipped"]) == ["torch bf16+CL+foldBN"]
+    written = json.loads(out.read_text())
+    assert written["cpu"]["level"] == "avx2" and written["cpu"]["bf16"] is False
+    assert written["cpu"]["int8_dot"] == "AVX2, no VNNI"
+    assert "no native bf16" in written["skipped"]["torch bf16+CL+foldBN"]
+    header = capsys.readouterr().out.split("| net |")[0]
+    assert "cpu: AMD EPYC 7B12, 2 threads: AVX2 (256-bit vectors), bf16 NOT native" in header
+    assert "torch bf16+CL+foldBN: skipped: this CPU has no native bf16" in header and "--allow-slow-bf16" in header
+    bench.deploy.run(quick=True, allow_slow_bf16=True)  # asked for anyway: timed, nothing skipped
+    assert timed[-1] == bench.deploy.FORMS
+
+
 def test_roof_graphs_are_valid_matmul_models():
     pytest.importorskip("onnx", reason="onnx is not installed (optional: pip install onnx)")
     from bench.deploy import matmul_graph

@@ -108,6 +108,9 @@ def test_every_command_stops_on_emulated_bf16_before_writing_and_says_what_it_ru
     result = run_as_avx2(*evaluate)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "AVX2 (256-bit vectors), bf16 NOT native" in result.stdout and "running: torch fp32" in result.stdout
+    result = run_as_avx2(*evaluate, "--amp", "bf16", "--allow-slow-bf16")  # asked for anyway: it runs, and says so
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "bf16 NOT native" in result.stdout and "running: torch bf16 autocast" in result.stdout
 
 
 @needs_avx2
