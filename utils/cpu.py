@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -70,6 +72,10 @@ class CpuInfo:
         """JSON-ready fields (for benchmark tables)."""
         return asdict(self)
 
+    def features(self) -> dict:
+        """What the CPU runs fast, JSON-ready, without its name, threads and overrides (a run's environment)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("name", "threads", "overrides")}
+
 
 def hardware_level(caps: Mapping[str, object]) -> str:
     """The x86 level of a `torch.cpu.get_capabilities()` mapping (cpuinfo's view of cpuid)."""
@@ -91,13 +97,13 @@ def hardware_level(caps: Mapping[str, object]) -> str:
 def detect(caps: Mapping[str, object], aten_capability: str, mkldnn_bf16: bool, env: Mapping[str, str],
            threads: int) -> CpuInfo:
     """A `CpuInfo` from the libraries' answers (kept apart from `cpu_info` so that any machine can be described)."""
-    overrides = {k: env[k] for k in OVERRIDES if env.get(k)}
+    in_force = overrides(env)
     name = str(caps.get("cpu_name") or "unknown CPU")
     arch = str(caps.get("architecture", "unknown"))
     if arch not in ("x86_64", "x86"):
         vector = int(caps.get("sve_max_length") or 0) * 8 or 128
         return CpuInfo(name, arch, aten_capability.lower(), vector, bool(caps.get("bf16")) and mkldnn_bf16,
-                       "dot" if caps.get("dot") or caps.get("i8mm") else "NEON", False, arch, threads, overrides)
+                       "dot" if caps.get("dot") or caps.get("i8mm") else "NEON", False, arch, threads, in_force)
     hardware = hardware_level(caps)
     caps_by_override = [ATEN_CAPS.get(aten_capability.upper(), "amx")]
     isa = env.get("ONEDNN_MAX_CPU_ISA") or env.get("DNNL_MAX_CPU_ISA")
@@ -111,13 +117,34 @@ def detect(caps: Mapping[str, object], aten_capability: str, mkldnn_bf16: bool, 
     else:
         int8 = {"avx512": "AVX-512BW, no VNNI", "avx2": "AVX2, no VNNI"}.get(level, "SSE4.1, no VNNI")
     bf16 = rank >= LEVELS.index("avx512_bf16") and mkldnn_bf16
-    return CpuInfo(name, arch, level, vector, bf16, int8, level == "amx", hardware, threads, overrides)
+    return CpuInfo(name, arch, level, vector, bf16, int8, level == "amx", hardware, threads, in_force)
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (Linux /proc/cpuinfo, else `platform.processor()`), or None when unknown."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def overrides(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The switches in `env` (default: this process's environment) that make PyTorch or oneDNN run a smaller
+    machine's kernels."""
+    env = os.environ if env is None else env
+    return {name: env[name] for name in OVERRIDES if env.get(name)}
 
 
 @functools.cache
 def cpu_info() -> CpuInfo:
-    """This process's CPU, as PyTorch, oneDNN and onnxruntime see it (computed once)."""
-    return detect(torch.cpu.get_capabilities(), torch.backends.cpu.get_cpu_capability(),
+    """This process's CPU, as PyTorch, oneDNN and onnxruntime see it (computed once: the libraries choose
+    their kernels once, when the process starts)."""
+    caps = dict(torch.cpu.get_capabilities())
+    caps["cpu_name"] = cpu_model() or caps.get("cpu_name")
+    return detect(caps, torch.backends.cpu.get_cpu_capability(),
                   bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()), os.environ, torch.get_num_threads())
 
 
