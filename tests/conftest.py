@@ -114,3 +114,11 @@ def no_weight_downloads(monkeypatch):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution (tests run offline)")
 
     monkeypatch.setattr(model.pretrained, "_urlopen", offline)
+
+
+@pytest.fixture(autouse=True)
+def fresh_cpu_announcement(monkeypatch):
+    """Each test's command describes the CPU as it would in a process of its own (it does so once per process)."""
+    import utils.cpu
+
+    monkeypatch.setattr(utils.cpu, "_announced", [])
