@@ -1,7 +1,8 @@
 """Speed figures of this implementation beside the original code's way, measured in one run.
 
     python benchmark.py [--size 512,256] [--batch-size 2] [--repeats 5] [--json OUT] [--quick]
-    python benchmark.py --deploy [--repeats 3] [--json OUT] [--quick]   # only the deployment table (bench/deploy.py)
+    python benchmark.py --deploy [--repeats 3] [--nets student] [--size 1024,512] [--json OUT] [--quick]
+    # only the deployment table (bench/deploy.py)
     python benchmark.py --gpu [--budget 300] [--out runs/gpu_check]      # the GPU check (bench/gpu.py)
 
 Every figure is min / median over `--repeats` timed runs (after one warm-up); a speed-up row gives the
@@ -30,21 +31,23 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.data import DataLoader
-from torch.utils.flop_counter import FlopCounterMode
 
 from bench.loader import label_work_seconds, loader_throughput, old_label_work, our_label_work
 from bench.oldway import OldWayStep, id_table, old_eval_pipeline, old_remap, old_way_objective
-from bench.timing import timed
 from dataset import build_dataset
 from dataset.decode import read_label
 from model import Discriminator, build_seg_model, count_parameters, fold_batchnorm
-from utils.cli import ArgumentParser, non_negative_int, positive_float, positive_int, run_cli, size_arg
+from utils.cli import ArgumentParser, check_output, non_negative_int, positive_float, positive_int, run_cli, size_arg
 from utils.config import TrainConfig
+from utils.cpu import announce, cpu_info, native
 from utils.evaluate import eval_collate, evaluate
+from utils.files import write_text_atomic
+from utils.flops import gflops
 from utils.objective import ADAPTATION, PARADIGMS, build_objective, knobs_of
 from utils.optim import Optimisers
 from utils.runtime import autocast, resolve_device
 from utils.steps import TrainStep
+from utils.timing import timed
 
 SIZE = (512, 256)            # (w, h) of training and evaluation inputs
 BATCH_SIZE = 2
@@ -162,7 +165,7 @@ def bench_steps(table: Table, args, device, sources, targets) -> None:
             rows[kind, way] = table.add(f"{kind} step ({way})", times, "s/step", note)
             del made
         table.add_speedup(f"{kind} step speed-up", rows[kind, "old way"], rows[kind, "ours"], "old way / ours")
-    for amp in amp_modes(device)[1:]:
+    for amp in amp_modes(device, args.allow_slow_bf16)[1:]:
         made = make_step(TrainStep, device, True, amp=amp)
         row = table.add(f"distill step (ours, {amp} autocast)",
                         step_times(made, sources, targets, args.repeats, args.warmup), "s/step")
@@ -227,7 +230,7 @@ def bench_eval(table: Table, args, root: Path, device) -> None:
                      "NumPy arg-max, PNGs, per-id remap, fast_hist")
     # (autocast, channels_last, folded batch norm): plain, each low precision with and without
     # channels_last, and the fastest combinations with the batch norms folded into the convolutions.
-    low = amp_modes(device)[1:]
+    low = amp_modes(device, args.allow_slow_bf16)[1:]
     variants = ([("off", False, False)] + [(amp, cl, False) for amp in low for cl in (False, True)]
                 + [("off", False, True)] + [(amp, True, True) for amp in low])
     for amp, channels_last, fold_bn in variants:
@@ -249,9 +252,11 @@ def bench_eval(table: Table, args, root: Path, device) -> None:
 
 
 # --- inference -------------------------------------------------------------------------------------
-def amp_modes(device: torch.device) -> list[str]:
-    """Precisions worth measuring on `device`."""
-    return ["off", "bf16", "fp16"] if device.type == "cuda" else ["off", "bf16"]
+def amp_modes(device: torch.device, allow_slow_bf16: bool = False) -> list[str]:
+    """Precisions worth measuring on `device`: on a CPU, bf16 only where it is native (or allowed anyway)."""
+    if device.type == "cuda":
+        return ["off", "bf16", "fp16"]
+    return ["off", "bf16"] if allow_slow_bf16 or native(cpu_info(), "bf16") else ["off"]
 
 
 class LiveTensorBytes(TorchDispatchMode):
@@ -298,10 +303,8 @@ def bench_inference(table: Table, args, device) -> None:
     for role, arch in (("student", STUDENT), ("teacher", TEACHER)):
         torch.manual_seed(SEED)
         net = build_seg_model(arch).to(device).eval()
-        with FlopCounterMode(display=False) as counter, torch.inference_mode():
-            net(x[:1])
-        gflops = counter.get_total_flops() / 1e9
-        for amp in amp_modes(device):
+        work = gflops(net, (w, h))
+        for amp in amp_modes(device, args.allow_slow_bf16):
             def infer(net=net, amp=amp) -> None:
                 with torch.inference_mode(), autocast(device, amp):
                     net(x)
@@ -312,7 +315,7 @@ def bench_inference(table: Table, args, device) -> None:
             table.add(f"infer {role} {arch} ({label})", timed(infer, args.repeats, args.warmup), "s/batch",
                       f"batch {args.batch_size} at {w}x{h}")
         table.add(f"params {role} {arch}", count_parameters(net) / 1e6, "M")
-        table.add(f"GFLOPs {role} {arch}", gflops, "GFLOP", f"one {w}x{h} image (FlopCounterMode)")
+        table.add(f"GFLOPs {role} {arch}", work, "GFLOP", f"one {w}x{h} image (FlopCounterMode)")
         mb, how = peak_memory_mb(net, x, device)
         table.add(f"peak memory {role} {arch}", mb, "MB", f"{how}, batch {args.batch_size}")
 
@@ -321,7 +324,9 @@ def bench_inference(table: Table, args, device) -> None:
 def parse_args(argv: Sequence[str] | None):
     """Flags over the constants above; --quick shrinks everything to a smoke run."""
     parser = ArgumentParser(prog="benchmark.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--size", type=size_arg, default=SIZE, help="input W,H (default 512,256)")
+    parser.add_argument("--size", type=size_arg, default=None,
+                        help="input W,H (default 512,256; with --deploy: only this size, default 1024,512 and "
+                             "2048,1024)")
     parser.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE)
     parser.add_argument("--repeats", type=positive_int, default=None,
                         help=f"timed runs per figure (default {REPEATS}; --deploy: 3)")
@@ -334,6 +339,8 @@ def parse_args(argv: Sequence[str] | None):
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default cpu; --gpu: cuda)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--quick", action="store_true", help="tiny size, one repeat: a smoke run")
+    parser.add_argument("--allow-slow-bf16", action="store_true",
+                        help="also time bf16 on a CPU without native bf16 (emulated: up to hundreds of times slower)")
     parser.add_argument("--deploy", action="store_true",
                         help="only the deployment table: student and teacher in every inference form (PyTorch "
                              "fp32, bf16, onnxruntime fp32 and int8) beside the machine's roof (bench/deploy.py)")
@@ -350,13 +357,18 @@ def parse_args(argv: Sequence[str] | None):
     parser.add_argument("--scripts", default=None,
                         help="--gpu: comma-separated subset of teacher,student,dakd,deeplab "
                              "(default: all; --quick: dakd)")
+    parser.add_argument("--nets", nargs="+", choices=("student", "teacher"), default=None,
+                        help="--deploy: only these nets (default both)")
     args = parser.parse_args(argv)
+    if args.nets and not args.deploy:
+        parser.error("--nets selects the nets of --deploy; add --deploy")
     if args.gpu:
         return args
     args.device = args.device or "cpu"
     args.warmup = WARMUP if args.warmup is None else args.warmup
-    if args.repeats is None and not args.deploy:
-        args.repeats = REPEATS
+    if not args.deploy:
+        args.repeats = args.repeats or REPEATS
+        args.size = args.size or SIZE
     if args.quick and not args.deploy:
         for key, value in QUICK.items():
             setattr(args, key, value)
@@ -372,15 +384,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(args.device or "cuda", args.quick, args.budget, args.out, args.sections, args.repeats, args.warmup,
             args.scripts)
         return 0
+    if args.json:
+        check_output(args.json, "--json")  # before minutes of measurement, not after
     if args.deploy:
         from bench.deploy import run
 
-        run(args.repeats, args.quick, args.json)
+        run(args.repeats, args.quick, args.json, args.allow_slow_bf16, args.size, args.nets)
         return 0
     device = resolve_device(args.device)
     torch.manual_seed(SEED)
     print(f"benchmark: {args.size[0]}x{args.size[1]}, batch {args.batch_size}, {args.repeats} repeats, "
           f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    kept = amp_modes(device, args.allow_slow_bf16)
+    announce(device, "torch " + ", ".join("fp32" if amp == "off" else f"{amp} autocast" for amp in kept)
+             + ("" if "bf16" in kept else " (bf16 rows skipped: not native here; --allow-slow-bf16 times them)"))
     print(f"{'row':42s} {'min':>10s} {'median':>10s}  unit")
     table = Table()
     with tempfile.TemporaryDirectory() as tmp:
@@ -397,8 +414,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench_inference(table, args, device)
     if args.json:
         info = {"size": list(args.size), "batch_size": args.batch_size, "repeats": args.repeats,
-                "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads()}
-        Path(args.json).write_text(json.dumps({"config": info, "rows": table.rows}, indent=1))
+                "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                "cpu": cpu_info().to_dict()}
+        write_text_atomic(args.json, json.dumps({"config": info, "rows": table.rows}, indent=1) + "\n")
     return 0
 
 

@@ -36,6 +36,7 @@ from utils.cli import (
     run_cli,
     size_arg,
 )
+from utils.cpu import announce, check_amp, torch_form
 from utils.errors import ConfigError
 from utils.evaluate import LABEL_SIZES, PROTOCOLS, eval_collate, evaluate, load_net, protocol_of_source, protocol_scores
 from utils.files import write_text_atomic
@@ -92,6 +93,8 @@ def get_parser() -> ArgumentParser:
     p.add_argument("--num-workers", type=non_negative_int, default=NUM_WORKERS)
     p.add_argument("--device", default=DEVICE, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", choices=sorted(AMP_DTYPES), default=AMP, help="autocast precision")
+    p.add_argument("--allow-slow-bf16", action="store_true",
+                   help="run --amp bf16 even on a CPU without native bf16 (emulated: up to hundreds of times slower)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=CHANNELS_LAST,
                    help="channels_last memory format (faster on the CPU together with --amp bf16)")
     p.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=FOLD_BN,
@@ -258,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                 own_files=[f for f in (args.json, args.csv) if f])
     protocol, why = resolve_protocol(args.protocol, str(args.restore_from))
     device = resolve_device(args.device)
+    check_amp(device, args.amp, args.allow_slow_bf16)
     args.device = device
     dataset = build_dataset(args.dataset, args.data_dir, args.split, list_path=args.data_list,
                             size=args.input_size, labels=True, label_size=args.label_size, exclude=args.exclude)
@@ -270,6 +274,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if num_classes != NUM_CLASSES:
         raise ConfigError(f"--restore-from {args.restore_from}: the net predicts {num_classes} classes, "
                           f"the benchmark has {NUM_CLASSES}")
+    announce(device, torch_form(args.amp, args.channels_last, args.fold_bn))
     subset = dataset if args.limit is None else Subset(dataset, range(min(args.limit, len(dataset))))
     loader = DataLoader(subset, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers,
                         collate_fn=eval_collate, pin_memory=device.type == "cuda")

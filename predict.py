@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from dataset.decode import IMAGE_SUFFIXES, list_images, read_image
+from dataset.labels import PALETTE
 from dataset.transforms import resize_pair, to_normalized
 from model import fold_batchnorm
 from utils.cli import (
@@ -35,9 +36,10 @@ from utils.cli import (
     size_arg,
     stop_on_signals,
 )
+from utils.cpu import announce, check_amp, torch_form
 from utils.errors import ConfigError, DatasetError
 from utils.evaluate import load_net, predict_labels
-from utils.onnx_net import OnnxSegNet
+from utils.onnx_net import OnnxSegNet, graph_number_type
 from utils.predictions import PredictionWriter, overlay, save_label_ids
 from utils.runtime import AMP_DTYPES, autocast, resolve_device
 from utils.video import VideoReader, VideoWriter
@@ -63,6 +65,8 @@ def get_parser() -> ArgumentParser:
     p.add_argument("--input-size", type=size_arg, default=size_arg(INPUT_SIZE), help="W,H fed to the net")
     p.add_argument("--device", default=DEVICE, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", choices=sorted(AMP_DTYPES), default=AMP, help="autocast precision")
+    p.add_argument("--allow-slow-bf16", action="store_true",
+                   help="run --amp bf16 even on a CPU without native bf16 (emulated: up to hundreds of times slower)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=CHANNELS_LAST,
                    help="channels_last memory format (faster on the CPU together with --amp bf16)")
     p.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=FOLD_BN,
@@ -124,7 +128,11 @@ def load_model(args, device: torch.device) -> torch.nn.Module:
         if args.device not in ("auto", "cpu") or args.amp != "off" or args.fold_bn or args.channels_last:
             raise ConfigError("--onnx runs on the CPU with onnxruntime: drop --device, --amp, --fold-bn and "
                               "--channels-last")
-        return OnnxSegNet(args.onnx, args.threads)
+        graph = OnnxSegNet(args.onnx, args.threads, num_classes=len(PALETTE))  # a graph of scores per class
+        announce(device, f"onnxruntime, {graph_number_type(args.onnx)} graph {args.onnx}")
+        return graph
+    check_amp(device, args.amp, args.allow_slow_bf16, deploys=True)
+    announce(device, torch_form(args.amp, args.channels_last, args.fold_bn))
     net = load_net(args.restore_from, arch=args.arch, allow_pickle=args.allow_pickle, device=device)
     if args.fold_bn:
         net = fold_batchnorm(net)

@@ -32,7 +32,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from model.seg_net import upsample_log_probs
+from model.drn import Bottleneck
+from model.seg_net import TwoHeads, upsample_log_probs
 from utils.errors import ConfigError
 
 ARCH = "deeplabv2_resnet101"
@@ -72,32 +73,6 @@ class CaffeInput(nn.Module):
         return torch.addcmul(self.shift.to(x.dtype), x.flip(1), self.scale.to(x.dtype))
 
 
-class Bottleneck(nn.Module):
-    """1x1 (carrying the stride), dilated 3x3, 1x1 expansion x4; residual, with a projection when needed."""
-
-    expansion = 4
-
-    def __init__(self, in_ch: int, planes: int, stride: int = 1, dilation: int = 1,
-                 downsample: Optional[nn.Module] = None) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_ch, planes, 1, stride=stride, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=dilation, dilation=dilation, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Block output at the block's stride."""
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + shortcut)
-
-
 class ASPPClassifier(nn.Module):
     """Dilated 3x3 convolutions from features to class logits, summed over the first ``branches``."""
 
@@ -121,13 +96,15 @@ class ASPPClassifier(nn.Module):
         return f"branches={self.branches}, dilations={ASPP_DILATIONS[:self.branches]}"
 
 
-class DeepLabV2(nn.Module):
+class DeepLabV2(TwoHeads, nn.Module):
     """DeepLab-v2 ResNet-101, aux head ``layer5`` on layer3, main head ``layer6`` on layer4.
 
     ``forward`` returns ``(aux, main)`` log-probabilities (N, num_classes, H, W) at the input's size
     (or ``output_size``), each head's stride-8 logits upsampled bilinearly (align_corners=True): the
     interface of ``model.seg_net.SegNet``.
     """
+
+    MAIN_HEAD, AUX_HEAD = "layer6", "layer5"
 
     def __init__(self, arch: str = ARCH, num_classes: int = 19, aux_layer: Optional[int] = None) -> None:
         super().__init__()
@@ -159,9 +136,11 @@ class DeepLabV2(nn.Module):
         out_ch = planes * Bottleneck.expansion
         # DeepLab-v2 gives every stage's first block a projection shortcut (the dilated stages too).
         downsample = nn.Sequential(nn.Conv2d(self._in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch))
-        blocks = [Bottleneck(self._in_ch, planes, stride, dilation, downsample)]
+        # Caffe's bottleneck: the stride in the first 1x1 convolution, one dilation in the 3x3
+        blocks = [Bottleneck(self._in_ch, planes, stride, downsample, (dilation, dilation), stride_in_1x1=True)]
         self._in_ch = out_ch
-        blocks += [Bottleneck(out_ch, planes, dilation=dilation) for _ in range(1, count)]
+        blocks += [Bottleneck(out_ch, planes, dilation=(dilation, dilation), stride_in_1x1=True)
+                   for _ in range(1, count)]
         return nn.Sequential(*blocks)
 
     def _init_weights(self) -> None:
@@ -195,16 +174,6 @@ class DeepLabV2(nn.Module):
         size = [x.shape[2], x.shape[3]] if output_size is None else [output_size[0], output_size[1]]
         _, high = self.features(self.caffe_input(x))
         return F.interpolate(self.layer6(high), size=size, mode="bilinear", align_corners=True)
-
-    @property
-    def main_head(self) -> nn.Module:
-        """The main classifier, on layer4 (state-dict name ``layer6``, as in DeeplabMulti)."""
-        return self.layer6
-
-    @property
-    def aux_head(self) -> nn.Module:
-        """The auxiliary classifier, on layer3 (state-dict name ``layer5``)."""
-        return self.layer5
 
     def param_groups(self) -> list[dict]:
         """Trainable parameters in optimiser groups: the backbone at 1x the learning rate, the two

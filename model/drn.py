@@ -64,17 +64,20 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (strided / dilated), 1x1 expand (x4), with a residual connection."""
+    """1x1 reduce, 3x3 (strided / dilated), 1x1 expand (x4), with a residual connection.
+
+    ``stride_in_1x1``: the stride in the first 1x1 convolution instead, as Caffe's ResNet (DeepLab-v2) has it.
+    """
 
     expansion = 4
 
     def __init__(self, in_ch: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None,
-                 dilation: tuple[int, int] = (1, 1), residual: bool = True) -> None:
+                 dilation: tuple[int, int] = (1, 1), residual: bool = True, stride_in_1x1: bool = False) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_ch, planes, 1, bias=False)
+        self.conv1 = nn.Conv2d(in_ch, planes, 1, stride=stride if stride_in_1x1 else 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         # The only 3x3 conv of the block carries the level's dilation (the second entry of the pair).
-        self.conv2 = _conv3x3(planes, planes, stride, dilation[1])
+        self.conv2 = _conv3x3(planes, planes, 1 if stride_in_1x1 else stride, dilation[1])
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)

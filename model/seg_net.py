@@ -41,7 +41,26 @@ def _head(in_ch: int, num_classes: int) -> nn.Conv2d:
     return head
 
 
-class SegNet(nn.Module):
+class TwoHeads:
+    """`main_head` and `aux_head` of a two-level net whose heads keep the names its published checkpoints use
+    (the class says which: `MAIN_HEAD`, `AUX_HEAD`)."""
+
+    MAIN_HEAD: str
+    AUX_HEAD: str
+    __jit_unused_properties__ = ["main_head", "aux_head"]  # TorchScript cannot call a module a property returns
+
+    @property
+    def main_head(self) -> nn.Module:
+        """The main classifier, on the last level."""
+        return getattr(self, self.MAIN_HEAD)
+
+    @property
+    def aux_head(self) -> nn.Module:
+        """The auxiliary classifier, on an intermediate level."""
+        return getattr(self, self.AUX_HEAD)
+
+
+class SegNet(TwoHeads, nn.Module):
     """DRN backbone ``base`` + main head (level 8) + aux head (level ``aux_layer``).
 
     The heads are the modules ``seg1`` (main) and ``seg2`` (aux), the names the original code's checkpoints
@@ -67,17 +86,7 @@ class SegNet(nn.Module):
         self.seg1 = _head(self.base.out_dim, num_classes)
         self.seg2 = _head(self.base.level_channels[aux_layer - 1], num_classes)
 
-    __jit_unused_properties__ = ["main_head", "aux_head"]  # TorchScript cannot call a module a property returns
-
-    @property
-    def main_head(self) -> nn.Conv2d:
-        """The main classifier, on the last level (state-dict name ``seg1``)."""
-        return self.seg1
-
-    @property
-    def aux_head(self) -> nn.Conv2d:
-        """The auxiliary classifier, on level ``aux_layer`` (state-dict name ``seg2``)."""
-        return self.seg2
+    MAIN_HEAD, AUX_HEAD = "seg1", "seg2"
 
     def forward(self, x: Tensor, output_size: Optional[tuple[int, int]] = None) -> tuple[Tensor, Tensor]:
         """``(aux, main)`` log-probabilities at ``output_size`` (H, W), by default the input's size."""

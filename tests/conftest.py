@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,53 @@ def synthetic_root(tmp_path_factory) -> Path:
     return root
 
 
+def untrained_checkpoint(folder: Path, arch: str) -> Path:
+    """An untrained `arch` (seed 0) saved in final.pth form in `folder`."""
+    from model import build_seg_model, save_final
+
+    torch.manual_seed(0)
+    path = folder / "final.pth"
+    save_final(path, build_seg_model(arch))
+    return path
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    """An untrained DRN-D-22 in final.pth form (a net to evaluate, export or run; a small teacher)."""
+    return untrained_checkpoint(tmp_path_factory.mktemp("ckpt"), "drn_d_22")
+
+
+@pytest.fixture(scope="session")
+def teacher_ckpt(tmp_path_factory) -> Path:
+    """An untrained DRN-D-38 teacher in final.pth form."""
+    return untrained_checkpoint(tmp_path_factory.mktemp("teacher"), "drn_d_38")
+
+
+def wait_until(ready: Callable[[], bool], proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Poll `ready()` while `proc` runs; fail with its stderr if it ends first, or after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if ready():
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def interrupt(args: list[str], ready: Callable[[], bool], signum: int) -> tuple[int, str, str]:
+    """Run `python <args>` from the repository root, send it `signum` once `ready()`; its status, stdout, stderr."""
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        wait_until(ready, proc)
+        proc.send_signal(signum)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, stdout, stderr
+
+
 def tiny_train_args(root: Path, out: Path, *, source: str = "gta5", steps: int = 4) -> list[str]:
     """Flags for a few-step CPU training run at 64x32 on the synthetic benchmark."""
     return ["--source", source, "--data-dir", str(root / source), "--data-dir-target", str(root / "cityscapes"),
@@ -65,3 +114,11 @@ def no_weight_downloads(monkeypatch):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution (tests run offline)")
 
     monkeypatch.setattr(model.pretrained, "_urlopen", offline)
+
+
+@pytest.fixture(autouse=True)
+def fresh_cpu_announcement(monkeypatch):
+    """Each test's command describes the CPU as it would in a process of its own (it does so once per process)."""
+    import utils.cpu
+
+    monkeypatch.setattr(utils.cpu, "_announced", [])

@@ -111,14 +111,15 @@ def _script_copy(tmp_path, lines: str):
     return copy, script
 
 
-def test_a_setting_added_at_the_top_of_a_script_takes_effect(synthetic_root, tmp_path, teacher_ckpt):
-    copy, script = _script_copy(tmp_path, 'RANDOM_MIRROR = True\nAMP = "bf16"\nLOG_EVERY = 1')
+def test_a_setting_added_at_the_top_of_a_script_takes_effect(synthetic_root, tmp_path, checkpoint):
+    copy, script = _script_copy(tmp_path, 'RANDOM_MIRROR = True\nAMP = "bf16"\nALLOW_SLOW_BF16 = True\nLOG_EVERY = 1')
     out = tmp_path / "run"
-    result = run_script(str(script), *tiny_train_args(synthetic_root, out, steps=1), "--teacher", str(teacher_ckpt),
+    result = run_script(str(script), *tiny_train_args(synthetic_root, out, steps=1), "--teacher", str(checkpoint),
                         "--paradigm", "both", cwd=copy)
     assert result.returncode == 0, result.stderr
     config = json.loads((out / "config.json").read_text())["config"]
     assert config["random_mirror"] is True and config["amp"] == "bf16" and config["log_every"] == 1
+    assert config["allow_slow_bf16"] is True
 
 
 def test_a_misspelled_setting_at_the_top_stops_the_run_in_one_line_before_writing(synthetic_root, tmp_path):
@@ -129,15 +130,3 @@ def test_a_misspelled_setting_at_the_top_stops_the_run_in_one_line_before_writin
     assert result.stderr == ("train_gta2cs_ts_multi.py: error: LAMBDA_KLL = 5.0: no setting is called LAMBDA_KLL; "
                              "did you mean LAMBDA_KL?\n")
     assert not out.exists()
-
-
-@pytest.fixture(scope="module")
-def teacher_ckpt(tmp_path_factory):
-    import torch
-
-    from model import build_seg_model, save_final
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("teacher") / "final.pth"
-    save_final(path, build_seg_model("drn_d_22"))
-    return path

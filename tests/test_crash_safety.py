@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ import torch
 import train_gta2cs_multi_drnd22 as student_script
 import utils.objective
 from tests.ckpt_writer import state_for
-from tests.conftest import REPO, tiny_train_args
+from tests.conftest import REPO, interrupt, tiny_train_args
 from utils.checkpoint import load_training_state, save_training_state
 from utils.cli import run_cli
 from utils.errors import CheckpointError
@@ -130,31 +129,15 @@ def test_sigkill_at_every_point_of_a_save_leaves_the_previous_or_the_new_last_pt
         assert _step_files(folder) == kept, point
 
 
-def _wait_for_log(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if path.is_file() and path.read_text().strip():
-            return
-        assert proc.poll() is None, proc.communicate()[1]
-        time.sleep(0.1)
-    raise AssertionError("training never logged a step")
-
-
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_the_current_step_and_resume_continues(synthetic_root, tmp_path, signum):
     out = tmp_path / "run"
     args = [*tiny_train_args(synthetic_root, out, steps=500), *SMALL, "--save-pred-every", "1000",
             "--keep-last", "2"]
-    proc = subprocess.Popen([sys.executable, "train_gta2cs_multi_drnd22.py", *args], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for_log(out / "log.jsonl", proc)
-        proc.send_signal(signum)
-        stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 128 + signum, stderr
+    log = out / "log.jsonl"
+    status, stdout, stderr = interrupt(["train_gta2cs_multi_drnd22.py", *args],
+                                       lambda: log.is_file() and log.read_text().strip(), signum)
+    assert status == 128 + signum, stderr
     assert "--resume" in stdout and "Traceback" not in stderr
     state = load_training_state(out / "last.pth")
     logged = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]

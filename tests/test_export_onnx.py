@@ -8,19 +8,14 @@ import pytest
 import torch
 
 import export_onnx
-from model import build_seg_model, save_final
+from model import build_seg_model
 from tests.tolerances import assert_as_accurate
 from utils.errors import ConfigError
+from utils.flops import gflops
+from utils.onnx_export import export
+from utils.onnx_net import require
 
 TINY = ["--card-size", "64,32", "--latency-size", "64,32", "--runs", "1", "--check-sizes", "64,32 40,24"]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "final.pth"
-    save_final(str(path), build_seg_model("drn_d_22"))
-    return path
 
 
 @pytest.mark.float_sensitive
@@ -41,6 +36,8 @@ def test_onnx_matches_pytorch_at_several_sizes(checkpoint, tmp_path, capsys):
     env = student["environment"]
     assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and env["torch"] == torch.__version__
     assert f"machine: torch {torch.__version__}, CPU {env['cpu_capability']}" in printed
+    assert "cpu: " in printed and "running: export fp32 graphs; latency" in printed  # the machine and the choice
+    assert env["cpu_features"]["vector_bits"] in (128, 256, 512) and "bf16" in env["cpu_features"]
 
 
 @pytest.mark.float_sensitive
@@ -56,13 +53,13 @@ def test_with_aux_exports_both_heads_and_compares_a_teacher(checkpoint, tmp_path
 
 def test_gflops_grow_with_the_pixel_count():
     net = build_seg_model("drn_d_22")
-    small, big = export_onnx.gflops(net, (64, 32)), export_onnx.gflops(net, (128, 64))
+    small, big = gflops(net, (64, 32)), gflops(net, (128, 64))
     assert big == pytest.approx(4 * small, rel=1e-6)
 
 
 def test_missing_optional_dependency_is_a_clear_config_error():
     with pytest.raises(ConfigError, match="pip install onnx onnxruntime"):
-        export_onnx.require("onnxruntime_that_does_not_exist")
+        require("onnxruntime_that_does_not_exist")
 
 
 def test_no_checkpoint_and_no_arch_is_a_config_error(tmp_path):
@@ -107,7 +104,7 @@ def test_an_interrupted_export_leaves_no_partial_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.onnx, "export", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        export_onnx.export(build_seg_model("drn_d_22").eval(), tmp_path / "net.onnx")
+        export(build_seg_model("drn_d_22").eval(), tmp_path / "net.onnx")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -195,3 +192,76 @@ def test_logits_graph_matches_main_logits_and_refuses_the_aux_head(checkpoint, t
     with pytest.raises(ConfigError, match="--logits .*--with-aux"):
         export_onnx.main(["--restore-from", str(checkpoint), "--out", str(tmp_path / "t.onnx"), "--logits",
                           "--with-aux", "--no-latency", *TINY])
+
+
+# --- every input checked before anything is written -------------------------------------------------
+def old_outputs(folder: Path) -> dict[Path, bytes]:
+    """An earlier export's three files (graph, int8 graph, JSON), which a failed run must leave as they are."""
+    files = {folder / "student.onnx": b"earlier graph", folder / "student.int8.onnx": b"earlier int8 graph",
+             folder / "card.json": b"{}"}
+    for path, data in files.items():
+        path.write_bytes(data)
+    return files
+
+
+def test_a_corrupt_calibration_image_stops_the_export_before_anything_is_written(synthetic_root, tmp_path):
+    from utils.errors import DatasetError
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for image in sorted((synthetic_root / "cityscapes" / "leftImg8bit" / "train").rglob("*.png"))[:3]:
+        (calib / image.name).write_bytes(image.read_bytes())
+    (calib / "zz_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    old = old_outputs(tmp_path)
+    with pytest.raises(DatasetError, match="zz_corrupt.png"):
+        export_onnx.main(["--arch", "drn_d_22", "--out", str(tmp_path / "student.onnx"), "--int8", "--calib-data",
+                          str(calib), "--calib-count", "4", "--json", str(tmp_path / "card.json"), *TINY])
+    assert {p: p.read_bytes() for p in old} == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calib", "card.json", "student.int8.onnx", "student.onnx"]
+
+
+def test_a_missing_eval_data_stops_the_export_before_anything_is_written(synthetic_root, tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (optional: pip install onnxruntime)")
+    from utils.errors import DatasetError
+
+    old = old_outputs(tmp_path)
+    with pytest.raises(DatasetError, match="nowhere"):
+        export_onnx.main(["--arch", "drn_d_22", "--out", str(tmp_path / "student.onnx"), *int8_flags(synthetic_root),
+                          "--eval-data", str(tmp_path / "nowhere"), *TINY])
+    assert {p: p.read_bytes() for p in old} == old
+
+
+def test_a_failure_after_the_export_leaves_every_earlier_output_as_it_was(synthetic_root, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (optional: pip install onnxruntime)")
+
+    def scoring_fails(*args, **kwargs):
+        raise ConfigError("the scoring failed")
+
+    monkeypatch.setattr(export_onnx, "score_graphs", scoring_fails)
+    old = old_outputs(tmp_path)
+    with pytest.raises(ConfigError, match="the scoring failed"):
+        export_onnx.main(["--arch", "drn_d_22", "--out", str(tmp_path / "student.onnx"), *int8_flags(synthetic_root),
+                          "--eval-data", str(synthetic_root / "cityscapes"), "--json", str(tmp_path / "card.json"),
+                          "--no-latency", *TINY])
+    assert {p: p.read_bytes() for p in old} == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["card.json", "student.int8.onnx", "student.onnx"]
+
+
+@pytest.mark.parametrize("clash", ["--out", "--json", "--int8 graph"])
+def test_an_output_that_is_an_input_or_another_output_is_refused(checkpoint, synthetic_root, tmp_path, clash):
+    ckpt = tmp_path / "final.pth"
+    ckpt.write_bytes(checkpoint.read_bytes())
+    out, json_path = tmp_path / "student.onnx", tmp_path / "card.json"
+    if clash == "--out":
+        out = ckpt  # the trained checkpoint would be overwritten
+    elif clash == "--json":
+        json_path = out
+    else:
+        out = tmp_path / "final.onnx"
+        ckpt.rename(tmp_path / "final.int8.onnx")  # --out's int8 graph would land on the checkpoint
+        ckpt = tmp_path / "final.int8.onnx"
+    before = ckpt.read_bytes()
+    with pytest.raises(ConfigError, match="the same file as"):
+        export_onnx.main(["--restore-from", str(ckpt), "--out", str(out), "--json", str(json_path),
+                          *int8_flags(synthetic_root), *TINY])
+    assert ckpt.read_bytes() == before

@@ -8,11 +8,12 @@ from pathlib import Path
 from tests.conftest import REPO
 
 # utils modules that import nothing of the project but one another: errors, command-line helpers, settings,
-# files, devices, logs, losses and metrics. model/ and dataset/ may import these, and only these, of utils/.
+# files, devices, what the CPU runs fast, logs, losses and metrics, the timer and the FLOP count. model/ and
+# dataset/ may import these, and only these, of utils/.
 BOTTOM = {
     "utils", "utils.errors", "utils.cli", "utils.settings", "utils.files", "utils.checkpoint", "utils.runtime",
-    "utils.logger",
-    "utils.loss", "utils.metrics", "utils.video", "utils.onnx_net", "utils.plot_log",
+    "utils.cpu", "utils.logger",
+    "utils.loss", "utils.metrics", "utils.video", "utils.onnx_net", "utils.plot_log", "utils.timing", "utils.flops",
 }
 PACKAGES = ("utils", "model", "dataset", "bench")
 

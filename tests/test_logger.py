@@ -27,6 +27,20 @@ def test_environment_names_the_cpu_capability_the_overrides_and_torch():
     line = describe_machine(recorded)
     assert line.startswith(f"torch {torch.__version__}, CPU DEFAULT "
                            "(ATEN_CPU_CAPABILITY=default, ONEDNN_MAX_CPU_ISA=AVX2)")
+    # what the CPU runs fast comes from utils/cpu.py, which answers as the machine the switches emulate
+    features = recorded["cpu_features"]
+    assert not features["bf16"] and not features["amx"]
+    if features["architecture"] in ("x86_64", "x86"):
+        assert features["level"] == "baseline" and features["vector_bits"] == 128
+
+
+def test_the_environment_and_the_cpu_line_describe_the_cpu_from_one_place():
+    from utils.cpu import cpu_info
+
+    recorded, info = environment(), cpu_info()
+    assert recorded["cpu_features"] == info.features() and recorded["cpu"] in (info.name, None)
+    assert set(recorded["cpu_features"]) == {"architecture", "level", "vector_bits", "bf16", "int8_dot", "amx",
+                                             "onnxruntime_level"}
 
 
 def test_this_process_records_its_own_capability_and_no_override(monkeypatch):

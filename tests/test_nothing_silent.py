@@ -12,10 +12,7 @@ import os
 import shutil
 import signal
 import struct
-import subprocess
-import sys
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 
@@ -29,17 +26,9 @@ import model.weights as weights
 import predict
 from model import build_from_checkpoint, build_seg_model, pretrained, save_final
 from model.pretrained import Source
-from tests.conftest import REPO
+from tests.conftest import interrupt
 from utils.cli import run_cli
 from utils.errors import CheckpointError
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "final.pth"
-    save_final(path, build_seg_model("drn_d_22"))
-    return path
 
 
 def one_line_error(capsys) -> str:
@@ -229,16 +218,6 @@ def test_a_full_disk_leaves_earlier_pngs_whole_and_is_one_line(checkpoint, synth
     assert files_under(out) == before  # no PNG emptied or cut, no temporary file left
 
 
-def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
-    raise AssertionError("timed out")
-
-
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_predict_with_128_plus_its_number_and_removes_the_partial_video(checkpoint, tmp_path,
                                                                                         signum):
@@ -255,17 +234,10 @@ def test_a_signal_stops_predict_with_128_plus_its_number_and_removes_the_partial
         for packet in stream.encode():
             container.mux(packet)
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "predict.py", "--restore-from", str(checkpoint), "--input", str(video),
-                             "--out", str(out), "--input-size", "32,16", "--device", "cpu", "--no-progress",
-                             "--label-ids"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for(lambda: len(list((out / "labelIds" / "drive").glob("*.png"))) >= 2, proc)
-        proc.send_signal(signum)
-        _, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 128 + signum, stderr
+    args = ["predict.py", "--restore-from", str(checkpoint), "--input", str(video), "--out", str(out),
+            "--input-size", "32,16", "--device", "cpu", "--no-progress", "--label-ids"]
+    status, _, stderr = interrupt(args, lambda: len(list((out / "labelIds" / "drive").glob("*.png"))) >= 2, signum)
+    assert status == 128 + signum, stderr
     lines = stderr.strip().splitlines()
     assert lines == [f"predict.py: stopped by {signal.Signals(signum).name}"], stderr
     assert not [p.name for p in out.iterdir() if p.name.startswith(".") or p.suffix == ".mp4"]  # no partial video

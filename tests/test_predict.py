@@ -13,17 +13,8 @@ import torch
 from PIL import Image
 
 import predict
-from model import build_seg_model, save_final
 from utils.cli import run_cli
 from utils.errors import ConfigError, DatasetError
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "final.pth"
-    save_final(str(path), build_seg_model("drn_d_22"))
-    return path
 
 
 @pytest.fixture()
@@ -199,18 +190,20 @@ def test_a_file_that_is_not_a_video_is_one_line_exit_2(checkpoint, tmp_path, cap
 @pytest.fixture(scope="module")
 def onnx_model(checkpoint, tmp_path_factory) -> Path:
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (optional: pip install onnxruntime)")
-    from export_onnx import export
     from utils.evaluate import load_net
+    from utils.onnx_export import export
 
     return export(load_net(str(checkpoint)), tmp_path_factory.mktemp("onnx") / "student.onnx")
 
 
 def test_onnx_graph_predicts_like_its_checkpoint_on_images_and_video(checkpoint, onnx_model, image_folder,
-                                                                     street_video, tmp_path):
+                                                                     street_video, tmp_path, capsys):
     plain = run(checkpoint, image_folder, tmp_path / "torch", "--label-ids")
     graph = predict.main(["--onnx", str(onnx_model), "--input", str(image_folder), "--out", str(tmp_path / "ort"),
                           "--input-size", "32,16", "--no-progress", "--label-ids"])
     assert len(graph) == len(plain) == 6
+    printed = capsys.readouterr().out
+    assert "running: torch fp32" in printed and "running: onnxruntime, fp32 graph" in printed
     for a, b in zip(plain, graph):
         ids_a, ids_b = (np.asarray(Image.open(e["label_ids"])) for e in (a, b))
         # the graph upsamples its output to the input size, then to the image's: a few border pixels differ
@@ -228,3 +221,38 @@ def test_onnx_that_is_not_a_model_is_a_checkpoint_error(image_folder, tmp_path):
     bad.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="bad.onnx: onnxruntime cannot load it"):
         predict.main(["--onnx", str(bad), "--input", str(image_folder), "--out", str(tmp_path / "o")])
+
+
+def foreign_graph(path: Path, output: str) -> Path:
+    """A graph with the `image` input that export_onnx.py writes but another output: 'rgb' (N, 3, H, W) scores,
+    'symbolic' the same with its channels not declared, or 'pooled' (N, 3) (one vector per image)."""
+    onnx = pytest.importorskip("onnx", reason="onnx is not installed (optional: pip install onnx)")
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.eye(3, dtype=np.float32).reshape(3, 3, 1, 1), "w")
+    nodes = [helper.make_node("Conv", ["image", "w"], [output if output == "symbolic" else "rgb"])]
+    dims = ["batch", "classes" if output == "symbolic" else 3, "height", "width"]
+    if output == "pooled":
+        nodes += [helper.make_node("GlobalAveragePool", ["rgb"], ["gap"]),
+                  helper.make_node("Flatten", ["gap"], ["pooled"])]
+        dims = ["batch", 3]
+    graph = helper.make_graph(nodes, "foreign", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                                               ["batch", 3, "height", "width"])],
+                              [helper.make_tensor_value_info(output, TensorProto.FLOAT, dims)], [weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("output, shape", [("rgb", "(batch, 3, height, width)"),
+                                           ("symbolic", "(batch, 3, height, width)"), ("pooled", "(batch, 3)")])
+def test_onnx_whose_output_is_not_one_score_map_per_class_stops_in_one_line(output, shape, image_folder, tmp_path,
+                                                                            capsys):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (optional: pip install onnxruntime)")
+    graph = foreign_graph(tmp_path / f"{output}.onnx", output)
+    out = tmp_path / "out"
+    status = run_cli(predict.main, ["--onnx", str(graph), "--input", str(image_folder), "--out", str(out),
+                                    "--input-size", "32,16", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1, err
+    assert f"{output}.onnx" in err[0] and shape in err[0] and "(N, 19, H, W)" in err[0]
+    assert not out.exists() or not any(out.rglob("*.png"))

@@ -135,6 +135,8 @@ class TrainConfig(Knobs):
     device: str = setting("auto", TEXT, "auto (CUDA when present), cpu, cuda, cuda:N", "run", resume="invocation")
     amp: str = setting("off", choice(*AMP_MODES), "mixed precision: bf16 or fp16 autocast", "run",
                        resume="may_change")
+    allow_slow_bf16: bool = setting(False, SWITCH, "run --amp bf16 even on a CPU without native bf16 (emulated: up "
+                                    "to hundreds of times slower; utils/cpu.py)", "run", resume="may_change")
     channels_last: bool = setting(False, SWITCH, "channels-last memory format (faster convolutions on GPUs and "
                                   "bf16 CPUs)", "run", resume="may_change")
     compile: bool = setting(False, SWITCH, "torch.compile the nets (the first steps compile; "

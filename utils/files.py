@@ -3,7 +3,9 @@ over it once complete. Every writer of the repository goes through `atomic_write
 
 A temporary file is named `.NAME.PID-RANDOM.tmp`: hidden, beside its target (a rename never crosses file
 systems), and stamped with the writing process, so that the debris of a killed writer can be told from
-the file of a live one (`stale_temporaries`).
+the file of a live one (`stale_temporaries`). A writer of several files that belong together (export_onnx.py's
+graphs and JSON) stages them all and renames them into place together once everything has worked
+(`StagedOutputs`).
 """
 from __future__ import annotations
 
@@ -95,6 +97,48 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` through a temporary file and a rename (`atomic_write`)."""
     with atomic_write(path, durable=False) as handle:
         handle.write(data)
+
+
+class StagedOutputs:
+    """A context manager handing out a hidden temporary path beside each output file (`stage`).
+
+    `commit()` renames every staged file that was written onto its target; leaving the context without a
+    commit (an error, Ctrl-C) removes them, so the targets keep their old contents.
+    """
+
+    def __init__(self) -> None:
+        self._staged: dict[Path, Path] = {}
+
+    def stage(self, target: str | os.PathLike) -> Path:
+        """The temporary path that becomes `target` at `commit()` (in the same folder, so the rename is atomic)."""
+        target = Path(target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            if is_write_error(err):
+                raise output_error(target, err) from err
+            raise
+        self._staged[target] = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+        return self._staged[target]
+
+    def commit(self) -> None:
+        """Rename every staged file that was written onto its target."""
+        for target, staged in self._staged.items():
+            if staged.exists():
+                try:
+                    os.replace(staged, target)
+                except OSError as err:
+                    if is_write_error(err):
+                        raise output_error(target, err) from err
+                    raise
+
+    def __enter__(self) -> StagedOutputs:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for staged in self._staged.values():
+            with contextlib.suppress(OSError):
+                staged.unlink(missing_ok=True)
 
 
 def fsync_folder(folder: str | os.PathLike) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import platform
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from utils.cpu import cpu_info, cpu_model, overrides
 from utils.files import is_write_error, output_error, write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -31,25 +31,9 @@ def git_revision() -> str:
     return f"{rev}-dirty" if dirty else rev
 
 
-# Environment variables that pick other CPU kernels than the machine's best (ATen's vector kernels, oneDNN's ISA):
-# with them an AVX-512 machine computes as an AVX2 one would, so a result names them beside the capability.
-CPU_OVERRIDES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
-
-
-def cpu_model() -> str | None:
-    """The CPU's model name (Linux /proc/cpuinfo, else `platform.processor()`), or None when unknown."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
 def environment() -> dict:
     """Versions and hardware a result depends on: torch, the CPU's kernel capability (and what overrides it),
-    the GPUs."""
+    what the CPU runs fast (utils/cpu.py), the GPUs."""
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return {
         "python": sys.version.split()[0],
@@ -60,7 +44,8 @@ def environment() -> dict:
         "gpu": gpus[0] if gpus else None,
         "cpu": cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_overrides": {name: os.environ[name] for name in CPU_OVERRIDES if name in os.environ},
+        "cpu_overrides": overrides(),
+        "cpu_features": cpu_info().features(),
         "platform": platform.platform(),
         "threads": torch.get_num_threads(),
     }
@@ -69,8 +54,8 @@ def environment() -> dict:
 def describe_machine(env: dict) -> str:
     """One line naming where a result was computed, from `environment()`: torch, CPU capability (with any
     override), GPU."""
-    overrides = ", ".join(f"{k}={v}" for k, v in env.get("cpu_overrides", {}).items())
-    cpu = f"CPU {env.get('cpu_capability', 'unknown')}" + (f" ({overrides})" if overrides else "")
+    switches = ", ".join(f"{k}={v}" for k, v in env.get("cpu_overrides", {}).items())
+    cpu = f"CPU {env.get('cpu_capability', 'unknown')}" + (f" ({switches})" if switches else "")
     gpu = f"GPU {env['gpu']}" if env.get("gpu") else "no GPU"
     return f"torch {env.get('torch', 'unknown')}, {cpu}, {gpu}"
 

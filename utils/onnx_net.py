@@ -36,6 +36,19 @@ def ort_session(path: str | Path, threads: int | None = None, *, flag: str = "--
         raise CheckpointError(f"{flag} {path}: onnxruntime cannot load it as a model ({one_line(err)})") from err
 
 
+QUANTISED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger"})
+
+
+def graph_number_type(path: str | Path) -> str:
+    """"int8" for a quantised graph, "fp32" otherwise, "ONNX" when onnx (to read the graph) is not installed."""
+    try:
+        import onnx
+    except ImportError:
+        return "ONNX"
+    model = onnx.load(str(path), load_external_data=False)
+    return "int8" if any(node.op_type in QUANTISED_OPS for node in model.graph.node) else "fp32"
+
+
 class OnnxSegNet(nn.Module):
     """A graph written by export_onnx.py (input `image`, first output the main head's log-probabilities or,
     with --logits, logits) behind `main_logits`, so that `utils.evaluate` (predict_labels, evaluate) runs
@@ -46,15 +59,40 @@ class OnnxSegNet(nn.Module):
     value per pixel. Runs on the CPU; the images are moved there.
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None, *, flag: str = "--onnx") -> None:
+    def __init__(self, path: str | Path, threads: int | None = None, *, flag: str = "--onnx",
+                 num_classes: int | None = None) -> None:
         super().__init__()
         self.path = Path(path)
+        self.flag = flag
         self.session = ort_session(path, threads, flag=flag)
         inputs = [i.name for i in self.session.get_inputs()]
         if inputs != ["image"]:
             raise CheckpointError(f"{flag} {path}: expected one input named 'image' (a graph written by "
                                   f"export_onnx.py), got {inputs}")
-        self.num_classes = self.session.get_outputs()[0].shape[1]
+        self.num_classes = self._check_scores(num_classes) if num_classes else self.session.get_outputs()[0].shape[1]
+
+    def _check_scores(self, num_classes: int) -> int:
+        """`num_classes` when the first output is (N, num_classes, H, W) class scores; else `CheckpointError`.
+
+        The declared shape decides when it names the rank and the class count; a graph that leaves them
+        symbolic is run once on a small image.
+        """
+        output = self.session.get_outputs()[0]
+        shape = list(output.shape or [])
+        if not shape or (len(shape) == 4 and not isinstance(shape[1], int)):  # not declared: run it once
+            declared = list(self.session.get_inputs()[0].shape or [])
+            dims = [d if isinstance(d, int) else default for d, default in zip(declared, (1, 3, 32, 64))]
+            try:
+                shape = list(self.session.run([output.name], {"image": np.zeros(dims or (1, 3, 32, 64), np.float32)}
+                                              )[0].shape)
+            except Exception as err:  # onnxruntime's own error types
+                raise CheckpointError(f"{self.flag} {self.path}: onnxruntime cannot run it on a {dims} image "
+                                      f"({one_line(err)})") from err
+        if len(shape) != 4 or shape[1] != num_classes or "float" not in output.type:
+            raise CheckpointError(f"{self.flag} {self.path}: its output '{output.name}' is {output.type} of shape "
+                                  f"{_shape_text(shape)}; expected float class scores (N, {num_classes}, H, W), one "
+                                  f"channel per class of the palette (a graph written by export_onnx.py)")
+        return num_classes
 
     def main_logits(self, x: torch.Tensor, output_size: tuple[int, int] | None = None) -> torch.Tensor:
         """Main-head scores (N, C, H, W) at `output_size` (default: the input's size): the graph's output."""
@@ -68,3 +106,7 @@ class OnnxSegNet(nn.Module):
     def forward(self, x: torch.Tensor, output_size: tuple[int, int] | None = None) -> tuple[None, torch.Tensor]:
         """`(None, main)`: the SegNet output convention, without the aux head."""
         return None, self.main_logits(x, output_size)
+
+
+def _shape_text(shape: list) -> str:
+    return "(" + ", ".join(str(d) if d not in (None, "") else "?" for d in shape) + ")"

@@ -43,6 +43,14 @@ def calibration_files(folder: str | Path, count: int, flag: str = "--calib-data"
     return files[::step][:count]
 
 
+def readable_calibration_files(folder: str | Path, count: int, flag: str = "--calib-data") -> list[Path]:
+    """`calibration_files`, each decoded once: an unreadable image stops the run before anything is written."""
+    files = calibration_files(folder, count, flag)
+    for path in files:
+        read_image(path)  # DatasetError names the file
+    return files
+
+
 def calibration_reader(files: list[Path], size: tuple[int, int]):
     """An onnxruntime `CalibrationDataReader` feeding each file, preprocessed, as the graph's `image`."""
     quantization = require("onnxruntime.quantization")
@@ -64,18 +72,19 @@ def int8_path(fp32_path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.int8{path.suffix or '.onnx'}")
 
 
-def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib_dir: str | Path, size: tuple[int, int],
+def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib: str | Path | list[Path], size: tuple[int, int],
                   count: int = CALIB_COUNT, *, per_channel: bool = True, nodes_to_exclude: list[str] | None = None,
                   ) -> dict:
     """Write a statically quantised (QDQ, int8 weights, uint8 activations) copy of an fp32 graph.
 
-    Calibrated (min/max) on up to `count` images of `calib_dir` at `size` (w, h). `out_path` is
-    replaced only when quantisation succeeded. Returns what was done (files, count, settings).
+    Calibrated (min/max) on up to `count` images of the folder `calib` (or on the image files `calib`
+    lists) at `size` (w, h). `out_path` is replaced only when quantisation succeeded. Returns what was
+    done (files, count, settings).
     """
     quantization = require("onnxruntime.quantization")
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    files = calibration_files(calib_dir, count)
+    files = list(calib)[:count] if isinstance(calib, list) else calibration_files(calib, count)
     out_path = Path(out_path)
     with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
         prepared = Path(tmp) / "prepared.onnx"

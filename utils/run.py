@@ -14,6 +14,7 @@ from model import AUX, MAIN
 from utils.checkpoint import TRAIN_FORMAT, remove_interrupted_saves, save_training_state
 from utils.cli import check_output
 from utils.config import TrainConfig, run_name
+from utils.cpu import settle_form, torch_form
 from utils.data import build_datasets, signal_dataset, val_dataset
 from utils.errors import ConfigError
 from utils.interrupts import StopSignals
@@ -104,6 +105,9 @@ def start_run(cfg: TrainConfig, info: DistInfo, device: torch.device) -> tuple[R
     state = None
     if cfg.resume:
         cfg, state = resume_run(cfg)
+    # the CPU's capabilities and the form trained, before anything is written; no emulated bf16 unless asked for
+    settle_form(device, cfg.amp, cfg.allow_slow_bf16, f"training in {torch_form(cfg.amp, cfg.channels_last)}",
+                show=info.is_main)
     folder = Path(cfg.snapshot_dir or Path("snapshots") / run_name(cfg))
     phases = plan_phases(cfg)
     check_selection(cfg)

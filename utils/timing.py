@@ -1,6 +1,7 @@
-"""Wall-clock timing shared by the benchmark's sections."""
+"""Wall-clock timing: the one timer of the benchmark, the model card and the deployment table."""
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 
@@ -15,3 +16,8 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float
         fn()
         times.append(time.perf_counter() - start)
     return times
+
+
+def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median milliseconds of `repeats` calls of `fn` after `warmup` untimed ones."""
+    return 1000.0 * statistics.median(timed(fn, repeats, warmup))
