@@ -41,7 +41,7 @@ from utils.errors import ConfigError
 from utils.evaluate import LABEL_SIZES, PROTOCOLS, eval_collate, evaluate, load_net, protocol_of_source, protocol_scores
 from utils.files import write_text_atomic
 from utils.predictions import PredictionWriter, check_prediction_folder, clear_predictions
-from utils.runtime import AMP_DTYPES, resolve_device
+from utils.runtime import add_inference_flags, resolve_device
 
 DATASET = "cityscapes"
 DATA_DIRECTORY = "./data/cityscapes"
@@ -91,15 +91,7 @@ def get_parser() -> ArgumentParser:
                         "(config.json beside it) trained on SYNTHIA, cityscapes19 otherwise")
     p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE)
     p.add_argument("--num-workers", type=non_negative_int, default=NUM_WORKERS)
-    p.add_argument("--device", default=DEVICE, help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--amp", choices=sorted(AMP_DTYPES), default=AMP, help="autocast precision")
-    p.add_argument("--allow-slow-bf16", action="store_true",
-                   help="run --amp bf16 even on a CPU without native bf16 (emulated: up to hundreds of times slower)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=CHANNELS_LAST,
-                   help="channels_last memory format (faster on the CPU together with --amp bf16)")
-    p.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=FOLD_BN,
-                   help="fold each batch norm into the convolution before it (faster; same scores up to "
-                        "float rounding)")
+    add_inference_flags(p, device=DEVICE, amp=AMP, channels_last=CHANNELS_LAST, fold_bn=FOLD_BN)
     p.add_argument("--flip", action="store_true", help="test-time augmentation: average with the mirror image")
     p.add_argument("--scales", type=scales_arg, default=scales_arg(SCALES), help="test-time scales, e.g. 0.75,1,1.25")
     p.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N images")

@@ -13,7 +13,6 @@ rate (divided by --every), and with --label-ids OUT/labelIds/<name>/frame_NNNNNN
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import sys
 from collections.abc import Iterator, Sequence
@@ -41,7 +40,7 @@ from utils.errors import ConfigError, DatasetError
 from utils.evaluate import load_net, predict_labels
 from utils.onnx_net import OnnxSegNet, graph_number_type
 from utils.predictions import PredictionWriter, overlay, save_label_ids
-from utils.runtime import AMP_DTYPES, autocast, resolve_device
+from utils.runtime import add_inference_flags, autocast, resolve_device
 from utils.video import VideoReader, VideoWriter
 
 INPUT_SIZE = "1024,512"
@@ -63,14 +62,7 @@ def get_parser() -> ArgumentParser:
     p.add_argument("--input", required=True, help="an image, a folder of images (recursive) or a video file")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--input-size", type=size_arg, default=size_arg(INPUT_SIZE), help="W,H fed to the net")
-    p.add_argument("--device", default=DEVICE, help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--amp", choices=sorted(AMP_DTYPES), default=AMP, help="autocast precision")
-    p.add_argument("--allow-slow-bf16", action="store_true",
-                   help="run --amp bf16 even on a CPU without native bf16 (emulated: up to hundreds of times slower)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=CHANNELS_LAST,
-                   help="channels_last memory format (faster on the CPU together with --amp bf16)")
-    p.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=FOLD_BN,
-                   help="fold each batch norm into the convolution before it (faster, same masks up to float rounding)")
+    add_inference_flags(p, device=DEVICE, amp=AMP, channels_last=CHANNELS_LAST, fold_bn=FOLD_BN)
     p.add_argument("--flip", action="store_true", help="average with the mirrored image")
     p.add_argument("--alpha", type=finite_float, default=ALPHA, help="overlay opacity of the colour mask (0..1)")
     p.add_argument("--label-ids", action="store_true", help="also write Cityscapes label-id PNGs")

@@ -9,16 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from utils.criteria import (
-    AGREE_HEADS,
-    AGREE_TEACHER,
-    DIVERSITY,
-    ENTROPY,
-    SIGNAL_IMAGES,
-    SIGNAL_SECONDS,
-    SND_AUX,
-    SND_MAIN,
-)
+from utils import criteria as sel
 from utils.signals import (
     SignalAccumulator,
     agreement,
@@ -74,9 +65,9 @@ def test_accumulator_snd_of_a_small_image_uses_all_its_pixels():
     acc.update(lp, lp)
     a = 1 / (1 + math.exp(2))
     values = acc.result()
-    assert values[SND_MAIN] == pytest.approx((2 * _h([a, 1 - a]) + math.log(2)) / 3, abs=1e-6)
-    assert values[SND_AUX] == pytest.approx(values[SND_MAIN])
-    assert values[SIGNAL_IMAGES] == 1.0
+    assert values[sel.SND_MAIN] == pytest.approx((2 * _h([a, 1 - a]) + math.log(2)) / 3, abs=1e-6)
+    assert values[sel.SND_AUX] == pytest.approx(values[sel.SND_MAIN])
+    assert values[sel.SIGNAL_IMAGES] == 1.0
 
 
 def test_agreement_of_heads_and_teacher():
@@ -88,8 +79,8 @@ def test_agreement_of_heads_and_teacher():
     acc.update(aux, main, teacher)
     acc.update(main, main, main)  # 4 more pixels, all agreeing
     values = acc.result()
-    assert values[AGREE_HEADS] == pytest.approx(7 / 8)
-    assert values[AGREE_TEACHER] == pytest.approx((2 + 4) / 8)
+    assert values[sel.AGREE_HEADS] == pytest.approx(7 / 8)
+    assert values[sel.AGREE_TEACHER] == pytest.approx((2 + 4) / 8)
     with pytest.raises(ValueError, match="every batch or in none"):
         acc.update(aux, main)
 
@@ -103,13 +94,13 @@ def test_a_collapsed_prediction(vector):
     acc.update(lp, lp, lp)
     values = acc.result()
     h = _h(vector) / math.log(5)
-    assert values[ENTROPY] == pytest.approx(h, abs=1e-6)
-    assert values[DIVERSITY] == pytest.approx(h, abs=1e-6)
-    assert values[SND_MAIN] == pytest.approx(math.log(63), abs=1e-5)  # the largest SND of 64 vectors
-    assert values[SND_AUX] == pytest.approx(math.log(63), abs=1e-5)
-    assert values[AGREE_HEADS] == 1.0 and values[AGREE_TEACHER] == 1.0
+    assert values[sel.ENTROPY] == pytest.approx(h, abs=1e-6)
+    assert values[sel.DIVERSITY] == pytest.approx(h, abs=1e-6)
+    assert values[sel.SND_MAIN] == pytest.approx(math.log(63), abs=1e-5)  # the largest SND of 64 vectors
+    assert values[sel.SND_AUX] == pytest.approx(math.log(63), abs=1e-5)
+    assert values[sel.AGREE_HEADS] == 1.0 and values[sel.AGREE_TEACHER] == 1.0
     if vector[0] == 1.0:  # one-hot: the best entropy (0) and the worst diversity (0), no NaN
-        assert values[ENTROPY] == 0.0 and values[DIVERSITY] == 0.0
+        assert values[sel.ENTROPY] == 0.0 and values[sel.DIVERSITY] == 0.0
 
 
 def test_snd_pixels_are_seeded():
@@ -119,7 +110,7 @@ def test_snd_pixels_are_seeded():
     def snd(seed: int) -> float:
         acc = SignalAccumulator(snd_pixels=10, seed=seed)
         acc.update(lp, lp)
-        return acc.result()[SND_MAIN]
+        return acc.result()[sel.SND_MAIN]
 
     torch.manual_seed(99)  # the global RNG does not matter
     first = snd(0)
@@ -145,7 +136,7 @@ def test_accumulator_refuses_bad_input():
     with pytest.raises(ValueError, match="one shape"):
         SignalAccumulator().update(torch.zeros(1, 2, 3, 3), torch.zeros(1, 2, 3, 4))
     empty = SignalAccumulator().result()
-    assert math.isnan(empty[ENTROPY]) and math.isnan(empty[SND_MAIN])
+    assert math.isnan(empty[sel.ENTROPY]) and math.isnan(empty[sel.SND_MAIN])
 
 
 class _TwoHeads(nn.Module):
@@ -167,10 +158,11 @@ def test_compute_signals_is_reproducible_and_restores_the_mode():
     first = compute_signals(net, loader, "cpu", teacher)
     second = compute_signals(net, loader, "cpu", teacher)
     assert net.training
-    assert first.pop(SIGNAL_SECONDS) > 0 and second.pop(SIGNAL_SECONDS) > 0
+    assert first.pop(sel.SIGNAL_SECONDS) > 0 and second.pop(sel.SIGNAL_SECONDS) > 0
     assert first == second
-    assert set(first) == {ENTROPY, DIVERSITY, SND_MAIN, SND_AUX, AGREE_HEADS, AGREE_TEACHER, SIGNAL_IMAGES}
-    assert first[SIGNAL_IMAGES] == 6.0
+    assert set(first) == {sel.ENTROPY, sel.DIVERSITY, sel.SND_MAIN, sel.SND_AUX, sel.AGREE_HEADS, sel.AGREE_TEACHER,
+                          sel.SIGNAL_IMAGES}
+    assert first[sel.SIGNAL_IMAGES] == 6.0
     # the same as feeding the accumulator by hand
     acc = SignalAccumulator()
     with torch.no_grad():
@@ -203,10 +195,11 @@ def test_signals_on_the_synthetic_target_open_no_label(synthetic_root, monkeypat
     loader = DataLoader(subset, batch_size=2, collate_fn=eval_collate)
     net = build_seg_model("drn_d_22")
     values = compute_signals(net, loader, "cpu")
-    assert values[SIGNAL_IMAGES] == 3.0
-    assert all(math.isfinite(values[k]) for k in (ENTROPY, DIVERSITY, SND_MAIN, SND_AUX, AGREE_HEADS))
-    assert 0 <= values[ENTROPY] <= 1 and 0 <= values[DIVERSITY] <= 1 and 0 <= values[AGREE_HEADS] <= 1
-    assert 0 <= values[SND_MAIN] <= math.log(99) + 1e-6
+    assert values[sel.SIGNAL_IMAGES] == 3.0
+    finite = (sel.ENTROPY, sel.DIVERSITY, sel.SND_MAIN, sel.SND_AUX, sel.AGREE_HEADS)
+    assert all(math.isfinite(values[k]) for k in finite)
+    assert 0 <= values[sel.ENTROPY] <= 1 and 0 <= values[sel.DIVERSITY] <= 1 and 0 <= values[sel.AGREE_HEADS] <= 1
+    assert 0 <= values[sel.SND_MAIN] <= math.log(99) + 1e-6
 
 
 def test_cost_bench_smoke(synthetic_root, tmp_path, capsys):

@@ -1,6 +1,7 @@
 """Device, precision, seeding and process-group plumbing, written once and switched by flags."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import functools
@@ -22,6 +23,21 @@ DIST_TIMEOUT_MINUTES = 60  # rank 0 validates and writes checkpoints while the o
 # CUDA kernels with no deterministic variant that every training step runs (torch.use_deterministic_algorithms)
 NONDETERMINISTIC_CUDA_OPS = ("the backward of bilinear upsampling (F.interpolate)",
                              "nll_loss (the segmentation and pseudo-label losses)")
+
+
+def add_inference_flags(p: argparse.ArgumentParser, *, device: str, amp: str, channels_last: bool,
+                        fold_bn: bool) -> None:
+    """The flags that choose how a trained net runs (--device, --amp, --allow-slow-bf16, --channels-last,
+    --fold-bn), with the calling script's defaults."""
+    p.add_argument("--device", default=device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--amp", choices=sorted(AMP_DTYPES), default=amp, help="autocast precision")
+    p.add_argument("--allow-slow-bf16", action="store_true",
+                   help="run --amp bf16 even on a CPU without native bf16 (emulated: up to hundreds of times slower)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=channels_last,
+                   help="channels_last memory format (faster on the CPU together with --amp bf16)")
+    p.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=fold_bn,
+                   help="fold each batch norm into the convolution before it (faster; the same output up to "
+                        "float rounding)")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
