@@ -299,8 +299,9 @@ class Check:
 
     def run_tests(self) -> None:
         xml = self.folder / "gpu_tests.xml"
-        cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", f"--junitxml={xml}",
-               GPU_TESTS]
+        # In this process, one after another (no pytest-xdist workers: one GPU, and xdist need not be installed).
+        cmd = [sys.executable, "-m", "pytest", "-q", "-o", "addopts=--strict-markers", "-m", "gpu", "-p",
+               "no:cacheprovider", f"--junitxml={xml}", GPU_TESTS]
         status, tail = run_process(cmd, self.budget.left() - self.settings.reserve_s)
         summary = junit_summary(xml) if xml.exists() else {}
         self.result["tests"] = {"command": f"python -m pytest -m gpu {GPU_TESTS}", "status": status,
