@@ -17,7 +17,7 @@ from utils.errors import ConfigError
 from utils.settings import NUMBER, SIZE, SWITCH, TEXT, UNIT_INTERVAL, declared
 
 SCRIPTS = (train_gta2cs_multi_drnd38, train_gta2cs_multi_drnd22, train_gta2cs_ts_multi)
-BASE = {"TEACHER": "/tmp/teacher.pth", "PARADIGM": "both"}  # what a distillation run needs besides defaults
+BASE = {"TEACHER": "runs/teacher/final.pth", "PARADIGM": "both"}  # what a distillation run needs besides defaults
 
 
 def _other_value(d):
@@ -31,7 +31,7 @@ def _other_value(d):
     elif kind is SIZE:
         return (96, 48), "96,48"
     elif kind is TEXT:
-        value = "/tmp/elsewhere" if d.setting.path else "something"
+        value = "elsewhere/data" if d.setting.path else "something"
     elif kind.parse is int:
         value = (default or 0) + 3
     elif kind is UNIT_INTERVAL:
@@ -58,7 +58,8 @@ def test_every_setting_means_the_same_as_a_constant_and_as_a_flag(name):
     value, text = _other_value(d)
     flags = [("--" if value else "--no-") + d.flag[2:]] if d.setting.kind is SWITCH else [d.flag, text]
     by_flag = _parse({}, flags)
-    assert getattr(by_flag, name) == value != d.default
+    expected = os.path.abspath(value) if d.setting.path else value  # paths are kept absolute, from the cwd
+    assert getattr(by_flag, name) == expected != d.default
     for constant in d.constants:  # its own upper-case name and the older ones (the original code's)
         assert _as_set(_parse({constant: value}, [])) == _as_set(by_flag), constant
         if text is not None and d.setting.kind is not TEXT:  # the original code wrote INPUT_SIZE = '1024,512'
